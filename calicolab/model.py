@@ -1,0 +1,440 @@
+"""The lab model: settings from ``group_data/``, converted and validated in one pass.
+
+Every problem found is collected, so the user sees one error that lists all of them, each
+naming the field and what would be valid, before anything is rendered or touched.
+
+Example:
+
+.. code:: python
+
+    lab = load_lab(load_defaults() | {"calico_version": "v3.31.7"})
+    lab.vms["control"].lab_ip   # "198.19.0.1"
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from calicolab.constants import AGENTS, CLIENT, SERVER, VM_NAMES
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GROUP_DATA_ALL = PROJECT_ROOT / "group_data" / "all.py"
+
+ENCAPSULATIONS = ("None", "IPIP", "IPIPCrossSubnet", "VXLAN", "VXLANCrossSubnet")
+ENABLED_DISABLED = ("Enabled", "Disabled")
+ROLES = {SERVER: "server", **{name: "agent" for name in AGENTS}, CLIENT: "client"}
+
+_K3S_VERSION = re.compile(r"^v\d+\.\d+\.\d+\+k3s\d+$")
+_SEMVER = re.compile(r"^v\d+\.\d+\.\d+$")
+_IMAGE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+:[\w][\w.-]{0,127}$")
+_UBUNTU_IMAGE = re.compile(r"^(\d{2}\.\d{2}|[a-z]+)$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMG])?(?:i?B)?$", re.IGNORECASE)
+_URL = re.compile(r"^https?://[^\s'\"`$\\]+$")
+_SIZE_FACTORS = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+# The tigera-operator release that ships with each Calico release (Calico's release manifests).
+OPERATOR_FOR_CALICO = {
+    "v3.30.0": "v1.38.0", "v3.30.7": "v1.38.13",
+    "v3.31.0": "v1.40.0", "v3.31.7": "v1.40.15",
+    "v3.32.0": "v1.42.0", "v3.32.1": "v1.42.3",
+}
+OPERATOR_REGISTRY = "quay.io/tigera/operator"
+# Kubernetes minor versions each Calico minor is tested on (Calico's system requirements).
+KUBERNETES_FOR_CALICO = {"3.30": (31, 35), "3.31": (32, 35), "3.32": (34, 36)}
+
+# Data keys that belong to the inventory or to connectors rather than to group_data.
+HOST_KEYS = {"lab_ip", "mgmt_ip", "multipass_instance"}
+
+
+class LabConfigError(ValueError):
+    """Invalid lab settings; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid lab settings ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class VM:
+    name: str
+    role: str  # "server" | "agent" | "client"
+    lab_ip: str
+    mgmt_ip: str
+    cpus: int
+    memory: str
+    disk: str
+
+
+@dataclass(frozen=True)
+class Lab:
+    """Validated settings. Attribute names are the keys of ``group_data/all.py``."""
+
+    settings: dict[str, Any]
+    vms: dict[str, VM]
+    state_path: Path
+    lab_network: ipaddress.IPv4Network = field(repr=False)
+    mgmt_network: ipaddress.IPv4Network = field(repr=False)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["settings"][key]
+        except KeyError:
+            raise AttributeError(f"no lab setting {key!r}") from None
+
+    @property
+    def server(self) -> VM:
+        return self.vms[SERVER]
+
+    @property
+    def agents(self) -> list[VM]:
+        return [self.vms[name] for name in AGENTS]
+
+    @property
+    def client(self) -> VM:
+        return self.vms[CLIENT]
+
+    @property
+    def api_url(self) -> str:
+        return f"https://{self.server.lab_ip}:{self.k3s_api_port}"
+
+
+def load_defaults(path: Path = GROUP_DATA_ALL) -> dict[str, Any]:
+    """The settings of ``group_data/all.py`` as a dict (public names only)."""
+    namespace = runpy.run_path(str(path))
+    return {
+        key: value
+        for key, value in namespace.items()
+        if not key.startswith("_") and not callable(value) and not isinstance(value, type(re))
+    }
+
+
+class _Checker:
+    """Collects problems while converting raw values."""
+
+    def __init__(self, data: Mapping[str, Any]):
+        self.data = data
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def get(self, key: str) -> Any:
+        if key not in self.data:
+            self.problem(key, "missing (it belongs in group_data/all.py)")
+        return self.data.get(key)
+
+    def convert(self, key: str, convert: Callable[[Any], Any], hint: str) -> Any:
+        value = self.get(key)
+        if value is None and key not in self.data:
+            return None
+        try:
+            return convert(value)
+        except (TypeError, ValueError) as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            self.problem(key, f"{value!r} is not valid{detail}; expected {hint}")
+            return None
+
+    def integer(self, key: str, low: int, high: int) -> int | None:
+        def convert(value: Any) -> int:
+            if isinstance(value, bool):
+                raise ValueError("")
+            number = int(str(value).strip())
+            if not low <= number <= high:
+                raise ValueError("out of range")
+            return number
+
+        return self.convert(key, convert, f"a whole number from {low} to {high}")
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
+        def convert(value: Any) -> str:
+            if value not in choices:
+                raise ValueError("")
+            return value
+
+        return self.convert(key, convert, "one of " + ", ".join(choices) + " (case-sensitive)")
+
+    def pattern(self, key: str, regex: re.Pattern, hint: str) -> str | None:
+        def convert(value: Any) -> str:
+            if not isinstance(value, str) or not regex.match(value):
+                raise ValueError("")
+            return value
+
+        return self.convert(key, convert, hint)
+
+    def network(self, key: str) -> ipaddress.IPv4Network | None:
+        def convert(value: Any) -> ipaddress.IPv4Network:
+            return ipaddress.IPv4Network(str(value), strict=True)
+
+        return self.convert(key, convert, "an IPv4 network in CIDR form with no host bits, e.g. 198.19.16.0/20")
+
+    def per_vm(self, key: str) -> dict[str, Any]:
+        value = self.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(key, f"{value!r} is not valid; expected a mapping of {', '.join(VM_NAMES)} to values")
+            return {}
+        missing = [name for name in VM_NAMES if name not in value]
+        extra = [name for name in value if name not in VM_NAMES]
+        if missing:
+            self.problem(key, f"no value for {', '.join(missing)}; give one for each of {', '.join(VM_NAMES)}")
+        if extra:
+            self.problem(key, f"unknown VM(s) {', '.join(map(str, extra))}; the lab's VMs are {', '.join(VM_NAMES)}")
+        return dict(value)
+
+
+def _operator_image(check: _Checker, calico_version: str | None) -> str | None:
+    """The pinned operator image, or the one that ships with ``calico_version``."""
+    if check.data.get("tigera_operator_image"):
+        return check.pattern("tigera_operator_image", _IMAGE, "an image reference with a tag, e.g. quay.io/tigera/operator:v1.42.3")
+    if calico_version is None:
+        return None
+    if calico_version not in OPERATOR_FOR_CALICO:
+        check.problem(
+            "tigera_operator_image",
+            f"calicolab does not know which operator ships with calico_version {calico_version} "
+            f"(known: {', '.join(OPERATOR_FOR_CALICO)}); set tigera_operator_image=quay.io/tigera/operator:vX.Y.Z "
+            "from that release's tigera-operator.yaml",
+        )
+        return None
+    return f"{OPERATOR_REGISTRY}:{OPERATOR_FOR_CALICO[calico_version]}"
+
+
+def _check_versions(check: _Checker, s: dict[str, Any]) -> None:
+    """Calico must support the Kubernetes minor that the pinned k3s runs."""
+    calico, k3s = s.get("calico_version"), s.get("k3s_version")
+    if not calico or not k3s:
+        return
+    calico_minor = ".".join(calico[1:].split(".")[:2])
+    kube_minor = int(k3s[1:].split(".")[1])
+    supported = KUBERNETES_FOR_CALICO.get(calico_minor)
+    if supported is None:
+        check.problem("calico_version", f"{calico} is not a release calicolab supports; use one of Calico {', '.join(KUBERNETES_FOR_CALICO)} (e.g. v3.32.1)")
+    elif not supported[0] <= kube_minor <= supported[1]:
+        check.problem(
+            "k3s_version",
+            f"{k3s} runs Kubernetes 1.{kube_minor}, but Calico {calico_minor} supports 1.{supported[0]} to 1.{supported[1]}; "
+            f"choose a k3s release in that range or another calico_version",
+        )
+
+
+def _size_bytes(value: Any) -> int:
+    match = _SIZE.match(str(value).strip())
+    if not match:
+        raise ValueError("")
+    return int(float(match.group(1)) * _SIZE_FACTORS[(match.group(2) or "").upper() or None])
+
+
+def _check_vms(check: _Checker) -> dict[str, VM]:
+    lab_ips = check.per_vm("lab_ips")
+    mgmt_ips = check.per_vm("mgmt_ips")
+    cpus = check.per_vm("vm_cpus")
+    memory = check.per_vm("vm_memory")
+    disk = check.per_vm("vm_disk")
+
+    parsed: dict[str, dict[str, Any]] = {name: {} for name in VM_NAMES}
+    for key, ips in (("lab_ips", lab_ips), ("mgmt_ips", mgmt_ips)):
+        for name, value in ips.items():
+            if name not in parsed:
+                continue
+            try:
+                address = ipaddress.IPv4Address(str(value))
+            except ValueError:
+                check.problem(f"{key}.{name}", f"{value!r} is not an IPv4 address, e.g. 198.19.0.1")
+                continue
+            parsed[name][key] = address
+        seen: dict[ipaddress.IPv4Address, str] = {}
+        for name in VM_NAMES:
+            address = parsed[name].get(key)
+            if address is None:
+                continue
+            if address in seen:
+                check.problem(f"{key}.{name}", f"{address} is already used by {seen[address]}; every VM needs its own address")
+            seen[address] = name
+
+    for name in VM_NAMES:
+        if name not in cpus:
+            continue
+        value = cpus[name]
+        if isinstance(value, bool) or not str(value).isdigit() or not 1 <= int(value) <= 64:
+            check.problem(f"vm_cpus.{name}", f"{value!r} is not valid; expected a whole number of CPUs from 1 to 64")
+        else:
+            parsed[name]["cpus"] = int(value)
+    for key, values, minimum, minimum_text in (
+        ("vm_memory", memory, 512 * 1024**2, "512M"),
+        ("vm_disk", disk, 1024**3, "1G"),
+    ):
+        for name in VM_NAMES:
+            if name not in values:
+                continue
+            value = values[name]
+            try:
+                size = _size_bytes(value)
+            except ValueError:
+                check.problem(f"{key}.{name}", f"{value!r} is not a size; write it like Multipass does, e.g. 2G or 2048M")
+                continue
+            if size < minimum:
+                check.problem(f"{key}.{name}", f"{value!r} is too small; at least {minimum_text}")
+                continue
+            parsed[name][key] = str(value).strip()
+
+    vms = {}
+    for name in VM_NAMES:
+        values = parsed[name]
+        if {"lab_ips", "mgmt_ips", "cpus", "vm_memory", "vm_disk"} <= values.keys():
+            vms[name] = VM(
+                name=name,
+                role=ROLES[name],
+                lab_ip=str(values["lab_ips"]),
+                mgmt_ip=str(values["mgmt_ips"]),
+                cpus=values["cpus"],
+                memory=values["vm_memory"],
+                disk=values["vm_disk"],
+            )
+    return vms
+
+
+def _addresses(data: Mapping[str, Any], key: str) -> dict[str, ipaddress.IPv4Address]:
+    """The parseable addresses of ``lab_ips``/``mgmt_ips`` (bad ones are reported elsewhere)."""
+    found = {}
+    values = data.get(key)
+    if isinstance(values, Mapping):
+        for name in VM_NAMES:
+            try:
+                found[name] = ipaddress.IPv4Address(str(values[name]))
+            except (KeyError, ValueError):
+                pass
+    return found
+
+
+def _common_network(check: _Checker, key: str, addresses: dict, prefix: int | None, example: str):
+    if prefix is None or SERVER not in addresses:
+        return None
+    network = ipaddress.IPv4Interface(f"{addresses[SERVER]}/{prefix}").network
+    for name, address in addresses.items():
+        if address not in network:
+            check.problem(f"{key}.{name}", f"{address} is outside {network}, the /{prefix} network of {SERVER}; put all four in one network such as {example}")
+        elif address in (network.network_address, network.broadcast_address):
+            check.problem(f"{key}.{name}", f"{address} is the network or broadcast address of {network}")
+    return network
+
+
+def _check_networks(check: _Checker, settings: dict[str, Any], data: Mapping[str, Any]):
+    lab_network = _common_network(check, "lab_ips", _addresses(data, "lab_ips"), settings.get("lab_prefix"), "198.19.0.0/20")
+    mgmt_network = _common_network(check, "mgmt_ips", _addresses(data, "mgmt_ips"), settings.get("mgmt_prefix"), "10.255.255.0/24")
+
+    cluster = settings.get("cluster_cidr")
+    service = settings.get("service_cidr")
+    pool = settings.get("calico_pool_cidr")
+    block = settings.get("calico_pool_block_size")
+    if pool is not None and cluster is not None and not pool.subnet_of(cluster):
+        check.problem("calico_pool_cidr", f"{pool} is not inside cluster_cidr {cluster}; choose a pool inside it, e.g. {next(cluster.subnets(new_prefix=min(cluster.prefixlen + 1, 32)))}")
+    if pool is not None and block is not None and block < pool.prefixlen:
+        check.problem("calico_pool_block_size", f"/{block} blocks are larger than the pool {pool}; use a block size from {pool.prefixlen} to 32")
+    named = [("lab network", "lab_ips", lab_network), ("management network", "mgmt_ips", mgmt_network),
+             ("cluster_cidr", "cluster_cidr", cluster), ("service_cidr", "service_cidr", service),
+             ("service_external_cidr", "service_external_cidr", settings.get("service_external_cidr"))]
+    external_pool = settings.get("external_pool_cidr")
+    if external_pool is not None and cluster is not None and not external_pool.subnet_of(cluster):
+        check.problem("external_pool_cidr", f"{external_pool} is not inside cluster_cidr {cluster}")
+    if external_pool is not None and pool is not None and external_pool.overlaps(pool):
+        check.problem("external_pool_cidr", f"{external_pool} overlaps calico_pool_cidr {pool}; the two pools must be disjoint")
+    for i, (label_a, key_a, net_a) in enumerate(named):
+        for label_b, key_b, net_b in named[i + 1:]:
+            if net_a is not None and net_b is not None and net_a.overlaps(net_b):
+                check.problem(key_b, f"{label_b} {net_b} overlaps the {label_a} {net_a}; the lab network, management network, cluster_cidr and service_cidr must not overlap")
+    return lab_network, mgmt_network
+
+
+def _check_unknown_keys(check: _Checker, data: Mapping[str, Any], known: set[str]) -> None:
+    """Catch typos such as ``--data calico_verison=...``, which pyinfra would silently accept."""
+    for key in data:
+        if key in known or key in HOST_KEYS or key.startswith("_"):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        if close:
+            check.problem(key, f"unknown setting; did you mean {close[0]!r}?")
+
+
+def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
+    """Convert and validate ``data`` (group_data plus overrides); raise ``LabConfigError`` listing every problem."""
+    check = _Checker(data)
+    defaults = load_defaults()
+    s: dict[str, Any] = {}
+
+    s["ubuntu_image"] = check.pattern("ubuntu_image", _UBUNTU_IMAGE, "a Multipass image alias such as 24.04, 22.04 or noble")
+    s["multipass_bin"] = check.pattern("multipass_bin", re.compile(r"^[\w./+-]+$"), "a command name or path, e.g. multipass or /snap/bin/multipass")
+    s["multipass_exec_timeout"] = check.integer("multipass_exec_timeout", 10, 86400)
+    s["lab_prefix"] = check.integer("lab_prefix", 8, 29)
+    s["mgmt_prefix"] = check.integer("mgmt_prefix", 8, 29)
+    s["tcp_mss"] = check.integer("tcp_mss", 536, 1460)
+    s["k3s_version"] = check.pattern("k3s_version", _K3S_VERSION, "a k3s release such as v1.35.4+k3s1")
+    s["cluster_cidr"] = check.network("cluster_cidr")
+    s["service_cidr"] = check.network("service_cidr")
+    s["k3s_api_port"] = check.integer("k3s_api_port", 1, 65535)
+    s["calico_version"] = check.pattern("calico_version", _SEMVER, "a Calico release such as v3.32.1")
+    s["tigera_operator_image"] = _operator_image(check, s["calico_version"])
+    s["calico_pool_cidr"] = check.network("calico_pool_cidr")
+    s["external_pool_cidr"] = check.network("external_pool_cidr")
+    s["service_external_cidr"] = check.network("service_external_cidr")
+    s["calico_pool_block_size"] = check.integer("calico_pool_block_size", 20, 32)
+    s["calico_pool_nat_outgoing"] = check.choice("calico_pool_nat_outgoing", ENABLED_DISABLED)
+    s["calico_pool_encapsulation"] = check.choice("calico_pool_encapsulation", ENCAPSULATIONS)
+    s["calico_container_ip_forwarding"] = check.choice("calico_container_ip_forwarding", ENABLED_DISABLED)
+    s["kubectl_version"] = check.pattern("kubectl_version", _SEMVER, "a Kubernetes release such as v1.35.4")
+    s["calicoctl_version"] = check.pattern("calicoctl_version", _SEMVER, "a Calico release such as v3.32.1")
+    for key in ("k3s_install_url", "kubectl_url", "kubectl_sha256_url", "calicoctl_url", "calicoctl_sha256_url"):
+        s[key] = check.pattern(key, _URL, "an http(s) URL without spaces or quotes")
+    s["bgp_as_number"] = check.integer("bgp_as_number", 1, 4294967294)
+    s["yaobank_namespace"] = check.pattern("yaobank_namespace", re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"), "a Kubernetes namespace name (lowercase letters, digits and '-')")
+    s["yaobank_summary_replicas"] = check.integer("yaobank_summary_replicas", 1, 20)
+    s["yaobank_node_port"] = check.integer("yaobank_node_port", 30000, 32767)
+    images = check.get("yaobank_images")
+    if images is not None:
+        if not isinstance(images, Mapping) or set(images) != {"customer", "summary", "database"}:
+            check.problem("yaobank_images", f"{images!r} is not valid; expected a mapping with exactly customer, summary and database")
+        else:
+            for name, image in images.items():
+                if not isinstance(image, str) or not re.match(r"^[\w][\w./-]*(:[\w][\w.-]*)?$", image):
+                    check.problem(f"yaobank_images.{name}", f"{image!r} is not an image reference such as calico/yaobank-{name}:multiarch")
+            s["yaobank_images"] = dict(images)
+    for key in ("timeout_cloud_init", "timeout_k3s_ready", "timeout_operator_ready", "timeout_calico_available",
+                "timeout_nodes_ready", "timeout_rollout", "timeout_app_answer"):
+        s[key] = check.integer(key, 1, 86400)
+    s["state_dir"] = check.pattern("state_dir", re.compile(r"^[^\s'\"`$\\]+$"), "a folder path without spaces or quotes, e.g. .calicolab")
+
+    _check_versions(check, s)
+    vms = _check_vms(check)
+    for key in ("lab_ips", "mgmt_ips", "vm_cpus", "vm_memory", "vm_disk"):
+        s[key] = data.get(key)
+    lab_network, mgmt_network = _check_networks(check, s, data)
+    _check_unknown_keys(check, data, set(defaults) | set(s))
+
+    if check.problems:
+        raise LabConfigError(check.problems)
+
+    state_path = Path(s["state_dir"])
+    if not state_path.is_absolute():
+        state_path = (base_dir or Path.cwd()) / state_path
+    return Lab(settings=s, vms=vms, state_path=state_path.resolve(), lab_network=lab_network, mgmt_network=mgmt_network)
+
+
+_LAB_CACHE: dict[int, tuple[dict, Lab]] = {}
+
+
+def lab_for_host(host) -> Lab:
+    """The validated lab for a pyinfra host (from ``host.data``: group_data plus ``--data`` overrides)."""
+    data = host.data.dict()
+    cached = _LAB_CACHE.get(id(host))
+    if cached and cached[0] == data:
+        return cached[1]
+    lab = load_lab(data)
+    _LAB_CACHE[id(host)] = (data, lab)
+    return lab

@@ -1,0 +1,120 @@
+"""Rendering of every file the lab needs, from Jinja templates in ``templates/``.
+
+Values reach the templates as data and are written with the ``q`` filter (a JSON scalar,
+which is valid YAML and can never break out of its field) or ``to_yaml`` for whole
+structures. Rendering is deterministic: the same lab gives the same bytes.
+
+Example:
+
+.. code:: python
+
+    from calicolab.model import load_defaults, load_lab
+    files = render_all(load_lab(load_defaults()))
+    files["cloud-init/control.yaml"].startswith("#cloud-config")
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from calicolab import constants
+from calicolab.model import Lab
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+MANIFESTS = ("tigera-operator", "installation", "yaobank")
+
+
+def quote(value: Any) -> str:
+    """A scalar as a JSON literal: valid YAML whatever the value contains."""
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv4Address, Path)):
+        value = str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """A structure as block YAML, indented by ``indent`` spaces after the first line."""
+    text = yaml.safe_dump(value, default_flow_style=False, sort_keys=False, width=4096).rstrip("\n")
+    return text.replace("\n", "\n" + " " * indent)
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["q"] = quote
+    env.filters["to_yaml"] = to_yaml
+    env.filters["suffix"] = lambda text, ending: f"{text}{ending}"
+    # Static files of our own (scripts) embedded verbatim; they carry no values.
+    env.globals["lookup_file"] = lambda relative: (TEMPLATES_DIR / relative).read_text().rstrip("\n")
+    return env
+
+
+def _render(template: str, **context: Any) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def _context(lab: Lab) -> dict[str, Any]:
+    return {"lab": lab, "vms": list(lab.vms.values()), "paths": constants}
+
+
+def cluster_dns(lab: Lab) -> str:
+    """The cluster DNS address: the 10th address of the service CIDR, as k3s' default does."""
+    return str(lab.service_cidr.network_address + 10)
+
+
+def render_cloud_init(lab: Lab, name: str) -> str:
+    """The cloud-init user-data for one VM: the shared base plus its role's part."""
+    vm = lab.vms[name]
+    network = {
+        "addresses": [f"{vm.lab_ip}/{lab.lab_prefix}", f"{vm.mgmt_ip}/{lab.mgmt_prefix}"],
+    }
+    return _render("cloud-init/user-data.yaml.j2", vm=vm, network=network, **_context(lab))
+
+
+def render_k3s_config(lab: Lab, name: str) -> str:
+    """``/etc/rancher/k3s/config.yaml`` for the server (control) or an agent (node1, node2)."""
+    vm = lab.vms[name]
+    if vm.role == "server":
+        return _render("k3s/server-config.yaml.j2", vm=vm, cluster_dns=cluster_dns(lab), **_context(lab))
+    if vm.role == "agent":
+        return _render("k3s/agent-config.yaml.j2", vm=vm, **_context(lab))
+    raise ValueError(f"{name} is not part of the k3s cluster")
+
+
+def render_bird_conf(lab: Lab) -> str:
+    """BIRD 2 configuration for host1: iBGP with the three cluster nodes, the course's import filter."""
+    return _render("bird/bird.conf.j2", **_context(lab))
+
+
+def render_manifest(lab: Lab, which: str) -> str:
+    """A multi-document Kubernetes manifest: one of ``MANIFESTS``."""
+    if which not in MANIFESTS:
+        raise ValueError(f"unknown manifest {which!r}; choose one of {', '.join(MANIFESTS)}")
+    return _render(f"{'calico' if which != 'yaobank' else 'yaobank'}/{which}.yaml.j2", **_context(lab))
+
+
+def render_all(lab: Lab) -> dict[str, str]:
+    """Every rendered file, keyed by its path relative to an output folder."""
+    files: dict[str, str] = {}
+    for name in lab.vms:
+        files[f"cloud-init/{name}.yaml"] = render_cloud_init(lab, name)
+    files["k3s/control-config.yaml"] = render_k3s_config(lab, "control")
+    for vm in lab.agents:
+        files[f"k3s/{vm.name}-config.yaml"] = render_k3s_config(lab, vm.name)
+    files["bird/bird.conf"] = render_bird_conf(lab)
+    for which in MANIFESTS:
+        files[f"manifests/{which}.yaml"] = render_manifest(lab, which)
+    return files

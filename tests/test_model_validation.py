@@ -1,0 +1,111 @@
+"""Every validation rule: one clear message naming the field, before anything is rendered."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from calicolab.model import LabConfigError, load_lab
+
+LAB_IPS = {"control": "198.19.0.1", "node1": "198.19.0.2", "node2": "198.19.0.3", "host1": "198.19.15.254"}
+MGMT_IPS = {"control": "10.255.255.1", "node1": "10.255.255.2", "node2": "10.255.255.3", "host1": "10.255.255.254"}
+
+# (override, field named in the message, a word of the fix)
+CASES = {
+    "lab-ip-not-an-address": ({"lab_ips": LAB_IPS | {"node1": "198.19.0.300"}}, "lab_ips.node1", "IPv4"),
+    "lab-ip-duplicate": ({"lab_ips": LAB_IPS | {"node2": "198.19.0.2"}}, "lab_ips.node2", "already used by node1"),
+    "mgmt-ip-duplicate": ({"mgmt_ips": MGMT_IPS | {"host1": "10.255.255.1"}}, "mgmt_ips.host1", "already used"),
+    "lab-ips-not-in-one-network": ({"lab_ips": LAB_IPS | {"host1": "198.19.16.254"}}, "lab_ips.host1", "outside 198.19.0.0/20"),
+    "lab-ip-is-broadcast": ({"lab_ips": LAB_IPS | {"host1": "198.19.15.255"}}, "lab_ips.host1", "broadcast"),
+    "mgmt-ips-not-in-one-network": ({"mgmt_ips": MGMT_IPS | {"node1": "10.255.254.2"}}, "mgmt_ips.node1", "outside"),
+    "missing-vm": ({"lab_ips": {k: v for k, v in LAB_IPS.items() if k != "host1"}}, "lab_ips", "no value for host1"),
+    "unknown-vm": ({"vm_cpus": {"control": 2, "node1": 1, "node2": 1, "host1": 1, "node3": 1}}, "vm_cpus", "unknown VM"),
+    "pool-outside-cluster": ({"calico_pool_cidr": "10.0.0.0/21"}, "calico_pool_cidr", "not inside cluster_cidr"),
+    "cidr-host-bits": ({"cluster_cidr": "198.19.16.1/20"}, "cluster_cidr", "CIDR"),
+    "service-overlaps-cluster": ({"service_cidr": "198.19.16.0/20"}, "service_cidr", "overlaps the cluster_cidr"),
+    "cluster-overlaps-lab": ({"cluster_cidr": "198.19.0.0/16", "calico_pool_cidr": "198.19.64.0/21", "external_pool_cidr": "198.19.72.0/21"}, "cluster_cidr", "overlaps the lab network"),
+    "external-pool-overlaps-pool": ({"external_pool_cidr": "198.19.16.0/21"}, "external_pool_cidr", "overlaps calico_pool_cidr"),
+    "block-larger-than-pool": ({"calico_pool_block_size": 20}, "calico_pool_block_size", "larger than the pool"),
+    "encapsulation-enum": ({"calico_pool_encapsulation": "vxlan"}, "calico_pool_encapsulation", "VXLANCrossSubnet"),
+    "nat-outgoing-enum": ({"calico_pool_nat_outgoing": True}, "calico_pool_nat_outgoing", "Enabled, Disabled"),
+    "ip-forwarding-enum": ({"calico_container_ip_forwarding": "yes"}, "calico_container_ip_forwarding", "Enabled"),
+    "k3s-version": ({"k3s_version": "1.35.4"}, "k3s_version", "v1.35.4+k3s1"),
+    "calico-version": ({"calico_version": "3.32.1"}, "calico_version", "v3.32.1"),
+    "kubectl-version": ({"kubectl_version": "latest"}, "kubectl_version", "v1.35.4"),
+    "calico-k8s-compat": ({"k3s_version": "v1.30.2+k3s1"}, "k3s_version", "supports 1.34 to 1.36"),
+    "unknown-operator": ({"calico_version": "v3.31.3"}, "tigera_operator_image", "set tigera_operator_image"),
+    "operator-image": ({"tigera_operator_image": "operator latest"}, "tigera_operator_image", "image reference"),
+    "cpus": ({"vm_cpus": {"control": 0, "node1": 1, "node2": 1, "host1": 1}}, "vm_cpus.control", "1 to 64"),
+    "memory-format": ({"vm_memory": {"control": "2 gigs", "node1": "1G", "node2": "1G", "host1": "1G"}}, "vm_memory.control", "2048M"),
+    "memory-too-small": ({"vm_memory": {"control": "256M", "node1": "1G", "node2": "1G", "host1": "1G"}}, "vm_memory.control", "at least 512M"),
+    "disk-too-small": ({"vm_disk": {"control": "10G", "node1": "100M", "node2": "8G", "host1": "5G"}}, "vm_disk.node1", "at least 1G"),
+    "node-port-range": ({"yaobank_node_port": 8080}, "yaobank_node_port", "30000 to 32767"),
+    "replicas": ({"yaobank_summary_replicas": "two"}, "yaobank_summary_replicas", "whole number"),
+    "timeout": ({"timeout_rollout": -5}, "timeout_rollout", "whole number"),
+    "image-alias": ({"ubuntu_image": "Ubuntu 24.04"}, "ubuntu_image", "24.04"),
+    "url": ({"k3s_install_url": "ftp://get.k3s.io"}, "k3s_install_url", "http(s) URL"),
+    "yaobank-images": ({"yaobank_images": {"customer": "x"}}, "yaobank_images", "customer, summary and database"),
+    "namespace-name": ({"yaobank_namespace": "YaoBank"}, "yaobank_namespace", "namespace name"),
+    "typo-in-key": ({"calico_verison": "v3.31.7"}, "calico_verison", "did you mean 'calico_version'"),
+    "mss": ({"tcp_mss": 9000}, "tcp_mss", "536 to 1460"),
+    "as-number": ({"bgp_as_number": 0}, "bgp_as_number", "1 to"),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_each_rule_names_the_field_and_the_fix(defaults, case):
+    override, field, fix = CASES[case]
+    with pytest.raises(LabConfigError) as raised:
+        load_lab(defaults | override)
+    messages = [p for p in raised.value.problems if p.startswith(f"{field}:")]
+    assert messages, raised.value.problems
+    assert any(fix in message for message in messages), messages
+
+
+def test_all_problems_are_reported_in_one_error(defaults):
+    broken = defaults | {
+        "calico_pool_encapsulation": "GRE",
+        "yaobank_node_port": 1,
+        "lab_ips": LAB_IPS | {"host1": "nope"},
+    }
+    with pytest.raises(LabConfigError) as raised:
+        load_lab(broken)
+    fields = {problem.split(":")[0] for problem in raised.value.problems}
+    assert {"calico_pool_encapsulation", "yaobank_node_port", "lab_ips.host1"} <= fields
+    assert "3 problem(s)" in str(raised.value)
+
+
+def test_defaults_are_valid_and_typed(lab):
+    assert lab.vms["control"].lab_ip == "198.19.0.1"
+    assert lab.vms["host1"].mgmt_ip == "10.255.255.254"
+    assert [vm.name for vm in lab.agents] == ["node1", "node2"]
+    assert str(lab.lab_network) == "198.19.0.0/20"
+    assert lab.tigera_operator_image == "quay.io/tigera/operator:v1.42.3"
+    assert lab.vms["control"].memory == "2G" and lab.vms["control"].cpus == 2
+
+
+def test_operator_image_follows_calico_version(defaults):
+    assert load_lab(defaults | {"calico_version": "v3.31.7"}).tigera_operator_image.endswith(":v1.40.15")
+    pinned = load_lab(defaults | {"calico_version": "v3.31.3", "tigera_operator_image": "mirror.example/tigera/operator:v1.40.9"})
+    assert pinned.tigera_operator_image == "mirror.example/tigera/operator:v1.40.9"
+
+
+def test_render_command_exits_non_zero_with_the_validation_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "calicolab", "render", str(tmp_path / "out"),
+         "--data", "calico_pool_encapsulation=Geneve", "--data", "yaobank_node_port=80"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "calico_pool_encapsulation: 'Geneve' is not valid" in result.stderr
+    assert "yaobank_node_port" in result.stderr
+    assert not (tmp_path / "out").exists(), "nothing may be written on bad data"
+
+
+def test_render_command_rejects_data_without_equals(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "calicolab", "render", str(tmp_path), "--data", "calico_version"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "expected key=value" in result.stderr
