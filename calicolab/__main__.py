@@ -7,13 +7,26 @@ the same settings (and ``--data`` overrides) as ``pyinfra inventory.py deploy.py
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from pyinfra_cli.util import parse_cli_arg
-
 from calicolab.model import LabConfigError, load_defaults, load_lab
 from calicolab.render import render_all
+
+
+def parse_data_value(text: str):
+    """Convert a ``--data`` value exactly as pyinfra's CLI does: booleans, integers, JSON, else text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -23,7 +36,7 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise LabConfigError([f"--data {pair!r}: expected key=value, e.g. --data calico_version=v3.31.7"])
-        overrides[key.strip()] = parse_cli_arg(value)
+        overrides[key.strip()] = parse_data_value(value)
     return overrides
 
 

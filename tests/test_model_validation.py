@@ -109,3 +109,12 @@ def test_render_command_rejects_data_without_equals(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "expected key=value" in result.stderr
+
+
+@pytest.mark.parametrize("text", ["true", "False", "42", '{"control": "4G"}', '["a"]', "v3.31.7", "198.19.0.0/20", "1.5"])
+def test_render_parses_data_values_exactly_like_pyinfra(text):
+    from pyinfra_cli.util import parse_cli_arg
+
+    from calicolab.__main__ import parse_data_value
+
+    assert parse_data_value(text) == parse_cli_arg(text)
