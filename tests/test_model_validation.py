@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -111,10 +112,14 @@ def test_render_command_rejects_data_without_equals(tmp_path):
     assert "expected key=value" in result.stderr
 
 
-@pytest.mark.parametrize("text", ["true", "False", "42", '{"control": "4G"}', '["a"]', "v3.31.7", "198.19.0.0/20", "1.5"])
-def test_render_parses_data_values_exactly_like_pyinfra(text):
-    from pyinfra_cli.util import parse_cli_arg
+DATA_VALUES = ["true", "False", "42", '{"control": "4G"}', '["a"]', "v3.31.7", "198.19.0.0/20", "1.5"]
 
+
+def test_render_parses_data_values_exactly_like_pyinfra():
     from calicolab.__main__ import parse_data_value
 
-    assert parse_data_value(text) == parse_cli_arg(text)
+    # pyinfra_cli monkey-patches gevent on import: ask it in a separate interpreter.
+    probe = ("import json, sys; from pyinfra_cli.util import parse_cli_arg; "
+             "print(json.dumps([parse_cli_arg(v) for v in sys.argv[1:]]))")
+    result = subprocess.run([sys.executable, "-c", probe, *DATA_VALUES], capture_output=True, text=True, check=True)
+    assert [parse_data_value(v) for v in DATA_VALUES] == json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,0 +1,1 @@
+"""Test stand-ins and helpers (never imported by product code)."""
