@@ -1,0 +1,395 @@
+"""
+The ``@multipass`` connector runs commands inside Multipass VMs with ``multipass exec``.
+
+``connect()`` only reads (``multipass list --format json``): a VM that does not exist yet or is
+stopped does not fail the host. Until the VM is running, and only while pyinfra prepares the deploy
+("phantom mode"), every command answers "success, no output", so facts fall back to their defaults and
+the plan over-reports changes. At execution time the connector looks at the VM again (an earlier
+operation may have launched or started it) and fails cleanly if it is still not running; it never
+relies on ``multipass exec`` starting a stopped VM on its own.
+
+Host data:
+
++ ``multipass_bin``: the Multipass client (default ``multipass``; e.g. ``/snap/bin/multipass``)
++ ``multipass_exec_timeout``: seconds a command may run when the operation sets no ``_timeout``
+  (default 600); the local ``multipass exec`` is killed when it expires
+
+Example:
+
+.. code:: python
+
+    # inventory.py
+    vms = ["@multipass/control", "@multipass/node1"]
+
+    # shell
+    pyinfra @multipass/control exec -- uptime
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import TYPE_CHECKING, Union
+
+import gevent
+from typing_extensions import Unpack, override
+
+from pyinfra import logger
+from pyinfra.api.command import QuoteString, StringCommand
+from pyinfra.api.exceptions import ConnectError, InventoryError
+from pyinfra.api.output import echo
+from pyinfra.api.util import get_file_io
+from pyinfra.connectors.base import BaseConnector, ConnectorData, DataMeta
+from pyinfra.connectors.util import (
+    CommandOutput,
+    OutputLine,
+    execute_command_with_sudo_retry,
+    extract_control_arguments,
+    make_unix_command_for_host,
+)
+
+from calicolab import multipass as mp
+
+if TYPE_CHECKING:
+    from io import IOBase  # noqa: F401
+    from collections.abc import Iterator
+
+    from pyinfra.api.arguments import ConnectorArguments
+
+#: How long an execution-time command waits for a VM in Starting/Restarting to become Running.
+TRANSITION_WAIT = 180
+TRANSITION_POLL = 2
+
+
+class MultipassConnectorData(ConnectorData, total=False):
+    multipass_instance: str
+    multipass_bin: str
+    multipass_exec_timeout: Union[int, float, str]  # noqa: UP007 - typeguard checks this at runtime
+
+
+NOT_RUNNING_MARKER = "is not running (state: "
+
+
+def not_running_message(instance: str, state: str | None) -> str:
+    return f"instance {instance} {NOT_RUNNING_MARKER}{state or 'does not exist'})"
+
+
+def _output(stdout: bytes | str = b"", stderr: bytes | str = b"") -> CommandOutput:
+    lines: list[OutputLine] = []
+    for name, data in (("stdout", stdout), ("stderr", stderr)):
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
+        if data:
+            lines.extend(OutputLine(name, line) for line in data.splitlines())
+    return CommandOutput(lines)
+
+
+class MultipassConnector(BaseConnector):
+    """
+    Execute commands in a Multipass VM through ``multipass exec NAME -- sh -c '<command>'``.
+    """
+
+    handles_execution = True
+
+    data_cls = MultipassConnectorData
+    data_meta = {
+        "multipass_instance": DataMeta("Name of the Multipass instance"),
+        "multipass_bin": DataMeta("Multipass client binary", mp.DEFAULT_BIN),
+        "multipass_exec_timeout": DataMeta(
+            "Seconds a command may take when the operation sets no _timeout",
+            mp.DEFAULT_EXEC_TIMEOUT,
+        ),
+    }
+
+    @override
+    @staticmethod
+    def make_names_data(name: str | None = None) -> Iterator[tuple[str, dict, list[str]]]:
+        if not name:
+            raise InventoryError("No Multipass instance name provided: use @multipass/NAME")
+        try:
+            mp.check_instance_name(name)
+        except ValueError as e:
+            raise InventoryError(str(e)) from e
+        yield name, {"multipass_instance": name}, ["@multipass"]
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    @property
+    def instance(self) -> str:
+        return self.data.get("multipass_instance") or self.host.name
+
+    @property
+    def multipass_bin(self) -> str:
+        return self.data.get("multipass_bin") or mp.DEFAULT_BIN
+
+    def _exec_timeout(self, timeout) -> float:
+        if timeout:
+            return float(timeout)
+        try:
+            return float(self.data.get("multipass_exec_timeout") or mp.DEFAULT_EXEC_TIMEOUT)
+        except (TypeError, ValueError):
+            return float(mp.DEFAULT_EXEC_TIMEOUT)
+
+    def _read_state(self) -> str | None:
+        """Current state of this instance according to ``multipass list`` (None = no such instance).
+
+        Raises ``ConnectError`` if Multipass is missing, the daemon does not answer or the output is
+        not understood.
+        """
+        argv = mp.list_argv(self.multipass_bin)
+        try:
+            result = mp.run_process(argv, timeout=mp.LIST_TIMEOUT)
+        except FileNotFoundError as e:
+            raise ConnectError(mp.not_installed_hint(self.multipass_bin)) from e
+        except PermissionError as e:
+            raise ConnectError(f"cannot run {self.multipass_bin!r}: {e}") from e
+        except TimeoutError as e:
+            raise ConnectError(
+                f"`multipass list` did not answer within {mp.LIST_TIMEOUT}s: {mp.daemon_down_hint()}",
+            ) from e
+
+        message = mp.clean_message(result.stdout, result.stderr)
+        if mp.DAEMON_DOWN_MARKER in message.lower():
+            raise ConnectError(f"{mp.daemon_down_hint()} ({message})")
+        if result.returncode != 0:
+            raise ConnectError(f"`multipass list` failed (exit {result.returncode}): {message}")
+        try:
+            instances = mp.parse_list(result.stdout)
+        except mp.MultipassOutputError as e:
+            raise ConnectError(str(e)) from e
+
+        current = instances.get(self.instance)
+        state = current["state"] if current else None
+        self.host.connector_data["multipass_state"] = state
+        self.host.connector_data["multipass_ipv4"] = current["ipv4"] if current else []
+        return state
+
+    def _is_running(self) -> bool:
+        return self.host.connector_data.get("multipass_state") == mp.RUNNING
+
+    def _phantom(self) -> bool:
+        """True while pyinfra prepares the deploy and the VM is not running."""
+        return not self._is_running() and not self.state.is_executing
+
+    def _ensure_running(self) -> str | None:
+        """At execution time: return None if the VM is running, else an error message."""
+        if self._is_running():
+            return None
+        try:
+            state = self._read_state()
+            waited = 0
+            while state in mp.TRANSITIONAL_STATES and waited < TRANSITION_WAIT:
+                gevent.sleep(TRANSITION_POLL)
+                waited += TRANSITION_POLL
+                state = self._read_state()
+        except ConnectError as e:
+            return str(e.args[0] if e.args else e)
+        if state == mp.RUNNING:
+            return None
+        return not_running_message(self.instance, state)
+
+    # --- connector API -------------------------------------------------------------------------
+
+    @override
+    def connect(self) -> None:
+        state = self._read_state()
+        if state is None:
+            logger.warning(
+                f"{self.host.print_prefix}{self.instance} does not exist yet: "
+                "operations will be planned as if it were new",
+            )
+        elif state != mp.RUNNING:
+            logger.warning(
+                f"{self.host.print_prefix}{self.instance} is {state}: "
+                "operations will be planned as if it were new",
+            )
+
+    @override
+    def disconnect(self) -> None:
+        self.host.connector_data.pop("multipass_state", None)
+
+    @override
+    def run_shell_command(
+        self,
+        command: StringCommand,
+        print_output: bool = False,
+        print_input: bool = False,
+        **arguments: Unpack["ConnectorArguments"],
+    ) -> tuple[bool, CommandOutput]:
+        """
+        Execute a command inside the VM.
+
+        Returns:
+            tuple: (bool, CommandOutput)
+            Bool indicating success and CommandOutput with stdout/stderr lines.
+        """
+        control = extract_control_arguments(arguments)
+        control.pop("_get_pty", None)  # multipass exec without a terminal
+        timeout = self._exec_timeout(control.get("_timeout"))
+        stdin = mp.stdin_to_bytes(control.get("_stdin"))
+        success_exit_codes = control.get("_success_exit_codes")
+
+        if self._phantom():
+            logger.debug(
+                "%sphantom mode (%s not running): not executing %s",
+                self.host.print_prefix,
+                self.instance,
+                command,
+            )
+            return True, CommandOutput([])
+
+        problem = self._ensure_running()
+        if problem:
+            # pyinfra prints the stderr of failed commands and facts: no extra log line here
+            logger.debug("%s%s", self.host.print_prefix, problem)
+            return False, _output(stderr=problem)
+
+        def execute_command() -> tuple[int, CommandOutput]:
+            unix_command = make_unix_command_for_host(self.state, self.host, command, **arguments)
+            argv = mp.exec_argv(self.multipass_bin, self.instance, unix_command.get_raw_value())
+
+            logger.debug("--> Running command in %s: %s", self.instance, unix_command)
+            if print_input:
+                echo(f"{self.host.print_prefix}>>> {unix_command}", err=True)
+
+            result = mp.run_process(argv, stdin=stdin, timeout=timeout)
+            output = _output(result.stdout, result.stderr)
+            if print_output:
+                for line in output:
+                    echo(f"{self.host.print_prefix}{line.line}", err=True)
+            return result.returncode, output
+
+        return_code, output = execute_command_with_sudo_retry(self.host, arguments, execute_command)
+
+        if success_exit_codes:
+            status = return_code in success_exit_codes
+        else:
+            status = return_code == 0
+        return status, output
+
+    @override
+    def put_file(
+        self,
+        filename_or_io: str | IOBase,
+        remote_filename: str,
+        remote_temp_filename: str | None = None,
+        print_output: bool = False,
+        print_input: bool = False,
+        **arguments: Unpack["ConnectorArguments"],
+    ) -> bool:
+        """
+        Upload a local file or IO object (text or bytes): the bytes go on the stdin of
+        ``multipass exec NAME -- sh -c 'umask 077 && cat > TMP'`` (inside the VM), then ``cp TMP REMOTE`` runs with
+        the operation's arguments (``_sudo`` for root-owned targets) and TMP is removed.
+        """
+        with get_file_io(filename_or_io, "rb") as file_io:
+            data = file_io.read()
+        if isinstance(data, str):
+            data = data.encode()
+
+        if self._phantom():
+            return True
+        problem = self._ensure_running()
+        if problem:
+            self.host.log(problem, log_func=logger.error)
+            return False
+
+        extract_control_arguments(arguments)  # payload goes on stdin; _stdin makes no sense here
+        temp = mp.upload_temp_path(remote_filename, uuid.uuid4().hex[:12])
+        upload = mp.exec_argv(
+            self.multipass_bin,
+            self.instance,
+            StringCommand("umask 077 && cat >", QuoteString(temp)).get_raw_value(),
+        )
+        if print_input:
+            echo(f"{self.host.print_prefix}>>> upload {len(data)} bytes to {remote_filename}", err=True)
+        try:
+            result = mp.run_process(upload, stdin=data, timeout=self._exec_timeout(None))
+        except TimeoutError as e:
+            self.host.log(f"upload of {remote_filename} timed out: {e}", log_func=logger.error)
+            return False
+        if result.returncode != 0:
+            self.host.log(
+                f"upload of {remote_filename} failed: {mp.clean_message(result.stdout, result.stderr)}",
+                log_func=logger.error,
+            )
+            return False
+
+        # cp (not mv): a new target belongs to the (sudo) user, an existing one keeps owner and mode.
+        status, output = self.run_shell_command(
+            StringCommand(
+                "cp",
+                QuoteString(temp),
+                QuoteString(remote_filename),
+                "; rc=$? ; rm -f",
+                QuoteString(temp),
+                "2>/dev/null ; exit $rc",
+            ),
+            print_output=print_output,
+            print_input=print_input,
+            **arguments,
+        )
+        if any(arguments.get(key) for key in ("_sudo_user", "_su_user", "_doas_user", "_dzdo_user")):
+            # another user cannot remove the login user's file from the sticky /tmp
+            self.run_shell_command(StringCommand("rm", "-f", QuoteString(temp)))
+        if not status:
+            self.host.log(f"could not write {remote_filename}: {output.stderr}", log_func=logger.error)
+            return False
+
+        if print_output:
+            echo(f"{self.host.print_prefix}file uploaded: {remote_filename}", err=True)
+        return True
+
+    @override
+    def get_file(
+        self,
+        remote_filename: str,
+        filename_or_io: str | IOBase,
+        remote_temp_filename: str | None = None,
+        print_output: bool = False,
+        print_input: bool = False,
+        **arguments: Unpack["ConnectorArguments"],
+    ) -> bool:
+        """
+        Download a file: ``multipass exec NAME -- sh -c 'sudo -H -n cat PATH'`` (``cat`` without sudo
+        unless the operation asks for it or sets another user), binary-safe.
+        """
+        if self._phantom():
+            return True
+        problem = self._ensure_running()
+        if problem:
+            self.host.log(problem, log_func=logger.error)
+            return False
+
+        control = extract_control_arguments(arguments)
+        if not any(arguments.get(key) for key in ("_sudo", "_su_user", "_doas", "_dzdo")):
+            arguments["_sudo"] = True  # root-only files (kubeconfig, user-data) are the common case
+        unix_command = make_unix_command_for_host(
+            self.state, self.host, StringCommand("cat", QuoteString(remote_filename)), **arguments
+        )
+        argv = mp.exec_argv(self.multipass_bin, self.instance, unix_command.get_raw_value())
+        if print_input:
+            echo(f"{self.host.print_prefix}>>> {unix_command}", err=True)
+        try:
+            result = mp.run_process(argv, timeout=self._exec_timeout(control.get("_timeout")))
+        except TimeoutError as e:
+            self.host.log(f"download of {remote_filename} timed out: {e}", log_func=logger.error)
+            return False
+        if result.returncode != 0:
+            self.host.log(
+                f"download of {remote_filename} failed: {mp.clean_message(result.stdout, result.stderr)}",
+                log_func=logger.error,
+            )
+            return False
+
+        if isinstance(filename_or_io, str):
+            with open(filename_or_io, "wb") as file_io:
+                file_io.write(result.stdout)
+        elif isinstance(filename_or_io, io.TextIOBase):
+            filename_or_io.write(result.stdout.decode("utf-8", "replace"))
+        else:
+            filename_or_io.write(result.stdout)
+
+        if print_output:
+            echo(f"{self.host.print_prefix}file downloaded: {remote_filename}", err=True)
+        return True

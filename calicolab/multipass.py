@@ -1,0 +1,589 @@
+"""Pure helpers for talking to the Multipass CLI.
+
+Everything here is side-effect free except :func:`run_process` and :func:`run_parallel`, the two
+places that start local subprocesses (the connector, the facts' callers and the operations all go
+through them, so tests can patch one function).
+
+Shapes and messages follow Multipass 1.16 (lab-facts.md §11):
+
+* ``multipass list --format json`` -> ``{"list": [{"name", "state", "ipv4": [...], "release"}]}``;
+  ``release`` is ``"20.04 LTS"`` before 1.11 and ``"Ubuntu 24.04 LTS"`` / ``"Not Available"`` since.
+* ``multipass info NAME --format json`` -> ``{"errors": [], "info": {NAME: {...}}}``: ``cpu_count`` and
+  disk sizes are strings, ``memory`` values are integers; a stopped instance has empty objects.
+* an unreachable daemon says ``cannot connect to the multipass socket`` (exit 2 or 3: match the text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import gevent
+import yaml
+from gevent import subprocess as gsubprocess
+
+# --- constants -------------------------------------------------------------------------------
+
+DEFAULT_BIN = "multipass"
+DEFAULT_EXEC_TIMEOUT = 600
+#: Seconds a `multipass list` may take (connect, state re-checks).
+LIST_TIMEOUT = 60
+INSTALL_URL = "https://canonical.com/multipass/install"
+
+RUNNING = "Running"
+STOPPED = "Stopped"
+SUSPENDED = "Suspended"
+DELETED = "Deleted"
+UNKNOWN = "Unknown"
+#: Every state Multipass prints (format_utils.cpp `status_string_for`; main adds "Unavailable").
+STATES = (
+    "Running",
+    "Stopped",
+    "Deleted",
+    "Starting",
+    "Restarting",
+    "Delayed Shutdown",
+    "Suspending",
+    "Suspended",
+    "Unknown",
+    "Unavailable",
+)
+#: States that become Running on their own (wait for them instead of failing).
+TRANSITIONAL_STATES = ("Starting", "Restarting")
+
+DAEMON_DOWN_MARKER = "cannot connect to the multipass socket"
+
+# Instance names: letters, digits, hyphens; starts with a letter, ends alphanumeric.
+_NAME_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")
+_SIZE_RE = re.compile(r"^[0-9]+(?:\.[0-9]+)?[KMG]?(?:i?B)?$", re.IGNORECASE)
+
+
+class MultipassOutputError(ValueError):
+    """Multipass printed something that is not in the documented shape."""
+
+
+# --- names, binaries, command builders -----------------------------------------------------
+
+
+def check_instance_name(name: str) -> str:
+    """Return ``name`` if Multipass accepts it as an instance name, raise ``ValueError`` otherwise."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"invalid Multipass instance name {name!r}: use letters, digits and hyphens, "
+            "start with a letter and end with a letter or digit",
+        )
+    return name
+
+
+def bin_argv(multipass_bin: str | None) -> list[str]:
+    """``multipass_bin`` as an argv prefix (``"snap run multipass"`` is allowed)."""
+    argv = shlex.split(multipass_bin or DEFAULT_BIN)
+    if not argv:
+        raise ValueError("multipass_bin is empty")
+    return argv
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(str(arg)) for arg in argv)
+
+
+def list_argv(multipass_bin: str | None = None) -> list[str]:
+    return [*bin_argv(multipass_bin), "list", "--format", "json"]
+
+
+def info_argv(multipass_bin: str | None, name: str) -> list[str]:
+    return [*bin_argv(multipass_bin), "info", check_instance_name(name), "--format", "json"]
+
+
+def exec_argv(multipass_bin: str | None, name: str, remote_command: str) -> list[str]:
+    """``multipass exec NAME -- sh -c '<remote_command>'`` as an argv list.
+
+    ``remote_command`` is already a complete shell command line (pyinfra's wrapped command, which
+    itself starts with ``sh -c`` or ``sudo -H -n sh -c``); Multipass quotes every argv element, so the
+    outer ``sh -c`` receives it as one string.
+    """
+    return [*bin_argv(multipass_bin), "exec", check_instance_name(name), "--", "sh", "-c", remote_command]
+
+
+def launch_argv(
+    multipass_bin: str | None,
+    name: str,
+    image: str,
+    cpus: int,
+    memory: str,
+    disk: str,
+    timeout: int,
+) -> list[str]:
+    """``multipass launch`` reading its cloud-init from stdin (``--cloud-init -``)."""
+    for label, value in (("image", image), ("memory", memory), ("disk", disk)):
+        if not value or str(value).startswith("-"):
+            raise ValueError(f"invalid {label} for {name}: {value!r}")
+    return [
+        *bin_argv(multipass_bin),
+        "launch",
+        "-n",
+        check_instance_name(name),
+        "-c",
+        str(int(cpus)),
+        "-m",
+        str(memory),
+        "-d",
+        str(disk),
+        "--cloud-init",
+        "-",
+        "--timeout",
+        str(int(timeout)),
+        str(image),
+    ]
+
+
+def start_argv(multipass_bin: str | None, names: Iterable[str], timeout: int | None = None) -> list[str]:
+    argv = [*bin_argv(multipass_bin), "start"]
+    if timeout:
+        argv += ["--timeout", str(int(timeout))]
+    return argv + [check_instance_name(n) for n in names]
+
+
+def stop_argv(multipass_bin: str | None, names: Iterable[str], cancel: bool = False) -> list[str]:
+    argv = [*bin_argv(multipass_bin), "stop"]
+    if cancel:
+        argv.append("--cancel")
+    return argv + [check_instance_name(n) for n in names]
+
+
+def delete_argv(multipass_bin: str | None, names: Iterable[str], purge: bool = True) -> list[str]:
+    names = [check_instance_name(n) for n in names]
+    if not names:
+        raise ValueError("refusing to build `multipass delete` without instance names")
+    argv = [*bin_argv(multipass_bin), "delete"]
+    if purge:
+        argv.append("--purge")
+    return argv + names
+
+
+def upload_temp_path(remote_filename: str, token: str) -> str:
+    """Temporary file inside the VM for put_file (the VM's /tmp, never the workstation's)."""
+    base = os.path.basename(remote_filename.rstrip("/")) or "file"
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base)[:60]
+    return f"/tmp/calicolab-upload-{token}-{base}"
+
+
+def stdin_to_bytes(stdin: Any) -> bytes | None:
+    """Convert pyinfra's ``_stdin`` (str, bytes, list of lines, file object) into bytes.
+
+    Same semantics as ``pyinfra.connectors.util.write_stdin``: every text line ends with a newline.
+    """
+    if stdin is None:
+        return None
+    if isinstance(stdin, (bytes, bytearray)):
+        return bytes(stdin)
+    if hasattr(stdin, "readlines"):
+        stdin = stdin.readlines()
+    if not isinstance(stdin, (list, tuple)):
+        stdin = [stdin]
+    chunks = []
+    for line in stdin:
+        if isinstance(line, (bytes, bytearray)):
+            chunks.append(bytes(line) if bytes(line).endswith(b"\n") else bytes(line) + b"\n")
+            continue
+        line = str(line)
+        if not line.endswith("\n"):
+            line += "\n"
+        chunks.append(line.encode())
+    return b"".join(chunks)
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def _load_json(text: str | bytes, what: str) -> Any:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not text or not text.strip():
+        raise MultipassOutputError(f"{what}: empty output")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        snippet = text.strip().splitlines()[0][:120]
+        raise MultipassOutputError(f"{what}: not JSON ({e.msg}): {snippet!r}") from e
+
+
+def parse_list(text: str | bytes) -> dict[str, dict[str, Any]]:
+    """Parse ``multipass list --format json`` into ``{name: {"state", "ipv4", "release"}}``."""
+    data = _load_json(text, "multipass list --format json")
+    if not isinstance(data, dict) or not isinstance(data.get("list"), list):
+        raise MultipassOutputError('multipass list --format json: expected {"list": [...]}')
+    instances: dict[str, dict[str, Any]] = {}
+    for entry in data["list"]:
+        if not isinstance(entry, dict):
+            raise MultipassOutputError(f"multipass list --format json: entry is not an object: {entry!r}")
+        name, state = entry.get("name"), entry.get("state")
+        if not isinstance(name, str) or not name:
+            raise MultipassOutputError(f"multipass list --format json: entry without a name: {entry!r}")
+        if not isinstance(state, str) or not state:
+            raise MultipassOutputError(f"multipass list --format json: {name} has no state")
+        ipv4 = entry.get("ipv4") or []
+        if not isinstance(ipv4, list) or not all(isinstance(ip, str) for ip in ipv4):
+            raise MultipassOutputError(f"multipass list --format json: {name}: ipv4 is not a list of strings")
+        release = entry.get("release", "")
+        if not isinstance(release, str):
+            raise MultipassOutputError(f"multipass list --format json: {name}: release is not a string")
+        instances[name] = {"state": state, "ipv4": list(ipv4), "release": release}
+    return instances
+
+
+def release_version(release: str) -> str | None:
+    """``"Ubuntu 24.04 LTS"`` / ``"20.04 LTS"`` -> ``"24.04"`` / ``"20.04"``; ``"Not Available"`` -> None."""
+    match = re.search(r"\b(\d+\.\d+)(?:\.\d+)?\b", release or "")
+    return match.group(1) if match else None
+
+
+def parse_info(text: str | bytes) -> dict[str, dict[str, Any]]:
+    """Parse ``multipass info [NAME] --format json`` into ``{name: {...}}``.
+
+    Types are kept as Multipass prints them (``cpu_count`` and disk sizes strings, ``memory`` integers);
+    a stopped instance has ``disks: {"sda1": {}}``, ``memory: {}``, ``load: []``, ``ipv4: []``.
+    """
+    data = _load_json(text, "multipass info --format json")
+    if not isinstance(data, dict) or not isinstance(data.get("info"), dict):
+        raise MultipassOutputError('multipass info --format json: expected {"info": {...}}')
+    errors = data.get("errors") or []
+    if errors:
+        raise MultipassOutputError(f"multipass info --format json: errors: {errors!r}")
+    result: dict[str, dict[str, Any]] = {}
+    for name, info in data["info"].items():
+        if not isinstance(info, dict) or not isinstance(info.get("state"), str):
+            raise MultipassOutputError(f"multipass info --format json: {name}: no state")
+        memory = info.get("memory") or {}
+        if not isinstance(memory, dict) or not all(isinstance(v, int) for v in memory.values()):
+            raise MultipassOutputError(f"multipass info --format json: {name}: memory values must be integers")
+        disks = info.get("disks") or {}
+        if not isinstance(disks, dict) or not all(
+            isinstance(d, dict) and all(isinstance(v, str) for v in d.values()) for d in disks.values()
+        ):
+            raise MultipassOutputError(f"multipass info --format json: {name}: disk sizes must be strings")
+        cpu_count = info.get("cpu_count", "")
+        if not isinstance(cpu_count, str):
+            raise MultipassOutputError(f"multipass info --format json: {name}: cpu_count must be a string")
+        ipv4 = info.get("ipv4") or []
+        if not isinstance(ipv4, list):
+            raise MultipassOutputError(f"multipass info --format json: {name}: ipv4 is not a list")
+        result[name] = {
+            "state": info["state"],
+            "cpu_count": cpu_count,
+            "memory": dict(memory),
+            "disks": {disk: dict(values) for disk, values in disks.items()},
+            "ipv4": list(ipv4),
+            "load": list(info.get("load") or []),
+            "release": info.get("release", "") or "",
+            "image_release": info.get("image_release", "") or "",
+            "image_hash": info.get("image_hash", "") or "",
+            "mounts": dict(info.get("mounts") or {}),
+            "snapshot_count": info.get("snapshot_count", ""),
+        }
+    return result
+
+
+def parse_cloud_init_status(lines: Iterable[str]) -> dict[str, Any] | None:
+    """Parse ``cloud-init status [--long]``: ``{"status", "extended_status", "detail", "errors"}``."""
+    result: dict[str, Any] = {}
+    detail_lines: list[str] = []
+    in_detail = False
+    for raw in lines:
+        line = raw.rstrip()
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if sep and key in ("status", "extended_status", "boot_status_code", "last_update", "time", "errors",
+                           "recoverable_errors"):
+            in_detail = False
+            result[key] = value.strip()
+            continue
+        if sep and key == "detail":
+            in_detail = True
+            if value.strip():
+                detail_lines.append(value.strip())
+            continue
+        if in_detail:
+            detail_lines.append(line.strip())
+    if "status" not in result:
+        return None
+    result["detail"] = "\n".join(detail_lines)
+    return result
+
+
+def user_data_digest(text: str) -> str:
+    """sha256 of cloud-init user-data, insensitive to Multipass' YAML re-serialisation.
+
+    The Multipass client loads the YAML and dumps it again (comments, quoting and key layout change),
+    so comparing raw bytes would always report drift. Both sides are loaded with ``yaml.BaseLoader``
+    (every scalar stays a string: ``'1300'`` and ``1300`` compare equal) and dumped as canonical
+    JSON. Text that is not YAML is hashed as-is.
+    """
+    text = text.rstrip("\n") + "\n"  # pyinfra hands facts their output without the final newline
+    try:
+        data = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds plain objects
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    except yaml.YAMLError:
+        canonical = text
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --- error classification -------------------------------------------------------------------
+
+
+@dataclass
+class MultipassFailure:
+    kind: str
+    message: str
+
+
+_ERROR_PATTERNS = (
+    ("daemon-down", re.compile(re.escape(DAEMON_DOWN_MARKER), re.I)),
+    ("already-exists", re.compile(r"already exists", re.I)),
+    ("being-prepared", re.compile(r"is being prepared", re.I)),
+    ("deleted", re.compile(r"is deleted|Use 'recover'", re.I)),
+    ("does-not-exist", re.compile(r"does not exist", re.I)),
+    ("timeout", re.compile(r"timed out", re.I)),
+    ("bad-image", re.compile(r"not a supported alias|Unable to find an image", re.I)),
+    ("cloud-init", re.compile(r"cloud-init config|cloud-init configuration", re.I)),
+    ("not-running", re.compile(r"is not running", re.I)),
+)
+
+
+def clean_message(stdout: str | bytes = "", stderr: str | bytes = "") -> str:
+    """The useful part of Multipass' output (stderr first), on one line per message line."""
+    parts = []
+    for chunk in (stderr, stdout):
+        if isinstance(chunk, bytes):
+            chunk = chunk.decode("utf-8", "replace")
+        chunk = (chunk or "").strip()
+        if chunk:
+            parts.append(chunk)
+    return "\n".join(parts)
+
+
+def classify_error(returncode: int | None, stdout: str | bytes = "", stderr: str | bytes = "") -> MultipassFailure:
+    """Classify a failed Multipass call by its message (exit codes are not reliable, lab-facts §11.6)."""
+    message = clean_message(stdout, stderr)
+    for kind, pattern in _ERROR_PATTERNS:
+        if pattern.search(message):
+            return MultipassFailure(kind, message)
+    if returncode == 5:
+        return MultipassFailure("timeout", message)
+    return MultipassFailure("other", message or f"exit code {returncode}")
+
+
+def daemon_down_hint() -> str:
+    return (
+        "the Multipass daemon does not answer: run `multipass wait-ready` or restart it "
+        "(Linux: `sudo snap restart multipass`; macOS: `sudo launchctl kickstart -k system/com.canonical.multipassd`; "
+        "Windows: restart the Multipass service)"
+    )
+
+
+def not_installed_hint(multipass_bin: str | None) -> str:
+    return (
+        f"multipass not found: install it from {INSTALL_URL} or set multipass_bin "
+        f"(currently {multipass_bin or DEFAULT_BIN!r})"
+    )
+
+
+def explain_failure(action: str, name: str, failure: MultipassFailure) -> str:
+    """One actionable sentence for a failed Multipass call about instance ``name``."""
+    message = failure.message.strip()
+    hints = {
+        "daemon-down": daemon_down_hint(),
+        "deleted": f"run `multipass recover {name}` to keep it or `multipass purge` to remove it for good",
+        "already-exists": f"an instance named {name} already exists (maybe deleted but not purged): "
+        f"`multipass recover {name}` or `multipass delete --purge {name}`",
+        "being-prepared": "another launch of this instance is running: wait for it and re-run",
+        "bad-image": "use an image alias listed by `multipass find` (ubuntu_image)",
+        "cloud-init": "the rendered cloud-init was rejected: check it with `python -m calicolab render`",
+        "timeout": "Multipass timed out; on slow links raise timeout_cloud_init and re-run",
+    }
+    hint = hints.get(failure.kind)
+    text = f"{action} {name} failed: {message or 'no message'}"
+    if hint:
+        text += f" ({hint})"
+    return text
+
+
+def state_problem(name: str, state: str) -> str | None:
+    """Why an instance in ``state`` cannot simply be started, or None."""
+    if state == DELETED:
+        return (
+            f"instance {name} is deleted but not purged: run `multipass recover {name}` to keep it, "
+            f"or `multipass purge` to remove it for good, then re-run"
+        )
+    if state in (UNKNOWN, "Unavailable"):
+        return (
+            f"instance {name} is in state {state} (happens after the host slept or crashed): restart the "
+            "Multipass daemon (Linux: `sudo snap restart multipass`), check `multipass list`, then re-run"
+        )
+    return None
+
+
+# --- instance specs and planning --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What one lab VM should look like (the cloud-init is the rendered user-data text)."""
+
+    name: str
+    image: str
+    cpus: int
+    memory: str
+    disk: str
+    cloud_init: str = field(repr=False)
+
+    def __post_init__(self):
+        check_instance_name(self.name)
+        if int(self.cpus) < 1:
+            raise ValueError(f"{self.name}: cpus must be >= 1")
+        for label, value in (("memory", self.memory), ("disk", self.disk)):
+            if not _SIZE_RE.match(str(value)):
+                raise ValueError(f"{self.name}: {label} {value!r} is not a size such as 1G or 2048M")
+        if not isinstance(self.cloud_init, str):
+            raise ValueError(f"{self.name}: cloud_init must be the rendered user-data text")
+
+    @classmethod
+    def coerce(cls, spec: InstanceSpec | Mapping[str, Any]) -> InstanceSpec:
+        if isinstance(spec, cls):
+            return spec
+        return cls(**dict(spec))
+
+
+@dataclass
+class InstancesPlan:
+    launch: list[str] = field(default_factory=list)
+    start: list[str] = field(default_factory=list)
+    cancel_stop: list[str] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    ok: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.launch or self.start or self.cancel_stop or self.stop or self.delete or self.errors)
+
+
+def plan_instances(
+    names: Iterable[str],
+    instances: Mapping[str, Mapping[str, Any]] | None,
+    present: bool = True,
+    running: bool = True,
+) -> InstancesPlan:
+    """Decide per instance what has to happen, from the ``MultipassInstances`` fact value."""
+    plan = InstancesPlan()
+    instances = instances or {}
+    for name in names:
+        current = instances.get(name)
+        state = current.get("state") if current else None
+        if not present:
+            if current is None:
+                plan.ok.append(name)
+            else:
+                plan.delete.append(name)  # also purges Deleted ones
+            continue
+        if current is None:
+            plan.launch.append(name)
+            continue
+        problem = state_problem(name, state)
+        if problem:
+            plan.errors[name] = problem
+        elif not running:
+            if state in (RUNNING, "Starting", "Restarting", "Delayed Shutdown"):
+                plan.stop.append(name)
+            else:
+                plan.ok.append(name)
+        elif state == RUNNING:
+            plan.ok.append(name)
+        elif state == "Delayed Shutdown":
+            plan.cancel_stop.append(name)
+        else:  # Stopped, Suspended, Suspending, Starting, Restarting, anything new
+            plan.start.append(name)
+    return plan
+
+
+# --- local processes --------------------------------------------------------------------------
+
+
+@dataclass
+class ProcessResult:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def text(self, which: str = "stdout") -> str:
+        return getattr(self, which).decode("utf-8", "replace")
+
+
+def _kill_group(process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        try:
+            process.kill()
+        except OSError:
+            pass
+
+
+def run_process(argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = None) -> ProcessResult:
+    """Run ``argv`` locally (no shell), feed ``stdin``, collect output; gevent-friendly.
+
+    On ``timeout`` the whole process group is killed and ``TimeoutError`` is raised (pyinfra itself
+    does not kill local processes on timeout). ``FileNotFoundError`` means the binary is missing.
+    """
+    process = gsubprocess.Popen(
+        list(argv),
+        stdin=gsubprocess.PIPE,
+        stdout=gsubprocess.PIPE,
+        stderr=gsubprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(input=stdin or b"", timeout=timeout)
+    except gsubprocess.TimeoutExpired:
+        _kill_group(process)
+        try:
+            process.communicate(timeout=5)
+        except gsubprocess.TimeoutExpired:
+            pass
+        raise TimeoutError(f"{shell_join(argv[:4])} ... timed out after {timeout}s (killed)")
+    except BaseException:  # greenlet killed, Ctrl-C: do not leave the child (own session) behind
+        _kill_group(process)
+        raise
+    return ProcessResult(list(argv), process.returncode, stdout or b"", stderr or b"")
+
+
+def run_parallel(
+    jobs: Mapping[str, tuple[Sequence[str], bytes | None]],
+    timeout: float | None = None,
+) -> dict[str, ProcessResult | BaseException]:
+    """Run several local processes at the same time; ``{key: ProcessResult or the exception}``."""
+
+    def _one(argv, stdin):
+        try:
+            return run_process(argv, stdin=stdin, timeout=timeout)
+        except (OSError, TimeoutError) as e:
+            return e
+
+    greenlets = {key: gevent.spawn(_one, argv, stdin) for key, (argv, stdin) in jobs.items()}
+    gevent.joinall(list(greenlets.values()))
+    return {key: greenlet.value for key, greenlet in greenlets.items()}
