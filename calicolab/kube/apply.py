@@ -1,0 +1,201 @@
+"""Parsing, ordering, planning (server-side dry run + diff) and applying manifests."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from calicolab.kube.client import ApplyConflict, KubeApi, KubeError, NotFound, object_ref
+from calicolab.kube.diff import normalise, unified_diff
+
+FIRST_KINDS = ("Namespace", "CustomResourceDefinition")
+CLUSTER_RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding")
+
+
+class ManifestError(KubeError):
+    """The rendered manifest is not a list of Kubernetes objects."""
+
+
+def parse_manifest(text: str) -> list[dict]:
+    """All non-empty documents of a multi-document YAML string, each checked for
+    apiVersion, kind and metadata.name."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"manifest is not valid YAML: {exc}") from exc
+    objects = []
+    for index, doc in enumerate(documents, start=1):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise ManifestError(f"document {index} is not a mapping")
+        if doc.get("kind", "").endswith("List") and isinstance(doc.get("items"), list):
+            objects.extend(item for item in doc["items"] if item)
+            continue
+        missing = [key for key in ("apiVersion", "kind") if not doc.get(key)]
+        if not (doc.get("metadata") or {}).get("name"):
+            missing.append("metadata.name")
+        if missing:
+            raise ManifestError(f"document {index} ({doc.get('kind', '?')}) lacks {', '.join(missing)}")
+        objects.append(doc)
+    return objects
+
+
+def apply_class(obj: dict) -> int:
+    kind = obj.get("kind")
+    if kind in FIRST_KINDS:
+        return 0
+    if kind in CLUSTER_RBAC_KINDS:
+        return 1
+    if kind == "ServiceAccount":
+        return 2
+    return 3
+
+
+def order_objects(objects: list[dict]) -> list[dict]:
+    """Namespaces and CRDs, cluster-scoped RBAC, ServiceAccounts, the rest; stable within a class."""
+    return sorted(objects, key=apply_class)
+
+
+def _coords(obj: dict) -> tuple[str, str, str, str | None]:
+    meta = obj.get("metadata") or {}
+    return obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace")
+
+
+@dataclass
+class ObjectPlan:
+    obj: dict
+    ref: str
+    action: str  # "create" | "update" | "unchanged" | "conflict"
+    diff: str = ""
+    live: dict | None = None
+    note: str = ""
+
+
+def plan_object(api: KubeApi, obj: dict) -> ObjectPlan:
+    """Compare the live object with a server-side-apply dry run of ``obj``."""
+    ref = object_ref(obj)
+    api_version, kind, name, namespace = _coords(obj)
+    live = api.get(api_version, kind, name, namespace)
+    if live is None:
+        return ObjectPlan(obj, ref, "create", unified_diff(None, obj, ref))
+    try:
+        dry = api.apply(obj, dry_run=True)
+    except NotFound as exc:
+        # the namespace or the CRD of the kind does not exist yet
+        return ObjectPlan(obj, ref, "create", unified_diff(None, obj, ref), live, note=str(exc))
+    except ApplyConflict as exc:
+        return ObjectPlan(obj, ref, "conflict", "", live, note=str(exc))
+    text = unified_diff(live, dry, ref)
+    return ObjectPlan(obj, ref, "update" if text else "unchanged", text, live)
+
+
+def plan_apply(api: KubeApi, objects: list[dict]) -> list[ObjectPlan]:
+    return [plan_object(api, obj) for obj in order_objects(objects)]
+
+
+@dataclass
+class ApplyResult:
+    created: list[str] = field(default_factory=list)
+    configured: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.created)} created, {len(self.configured)} configured, "
+            f"{len(self.unchanged)} unchanged"
+        )
+
+
+class ApplyFailed(KubeError):
+    def __init__(self, ref: str, cause: KubeError, result: ApplyResult):
+        self.ref = ref
+        self.cause = cause
+        self.result = result
+        super().__init__(f"applying {ref} failed: {cause} (before it: {result.summary()})")
+
+
+#: seconds to keep retrying an object whose kind is not served yet, after this batch applied CRDs
+CRD_SETTLE_TIMEOUT = 30.0
+
+
+def _apply_settling(api: KubeApi, obj: dict, crds_applied: bool) -> dict:
+    """Apply; right after CRDs of the same batch, a kind that is not served yet is retried
+    (the CRD becomes Established and discoverable within moments)."""
+    deadline = time.monotonic() + CRD_SETTLE_TIMEOUT
+    delay = 0.2
+    while True:
+        try:
+            return api.apply(obj)
+        except NotFound as exc:
+            if not crds_applied or "does not serve kind" not in str(exc) and "no matches for kind" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def apply_objects(
+    api: KubeApi, objects: list[dict], log: Callable[[str], Any] | None = None
+) -> ApplyResult:
+    """Server-side apply each object in order; stops at the first failure (ApplyFailed)."""
+    result = ApplyResult()
+    crds_applied = False
+    for obj in order_objects(objects):
+        ref = object_ref(obj)
+        api_version, kind, name, namespace = _coords(obj)
+        try:
+            before = api.get(api_version, kind, name, namespace)
+            after = _apply_settling(api, obj, crds_applied)
+        except KubeError as exc:
+            raise ApplyFailed(ref, exc, result) from None
+        crds_applied = crds_applied or kind == "CustomResourceDefinition"
+        if before is None:
+            result.created.append(ref)
+            verb = "created"
+        elif normalise(before) != normalise(after):
+            result.configured.append(ref)
+            verb = "configured"
+        else:
+            result.unchanged.append(ref)
+            verb = None
+        if log and verb:
+            log(f"{ref} {verb}")
+    return result
+
+
+# --- Installation pool settings -----------------------------------------------------------------
+
+POOL_REBUILD_HINT = (
+    "pool settings (cidr/natOutgoing/encapsulation/blockSize) are applied by the operator only at "
+    "install time: to change them, delete the lab and build it again (rebuild the lab: "
+    "`pyinfra inventory.py teardown.py` then deploy)"
+)
+
+
+def pool_changes(live: dict | None, desired: dict) -> list[str]:
+    """Differences between the rendered Installation's spec.calicoNetwork.ipPools and the live ones.
+
+    Only keys that the rendered pools set are compared (the operator fills in defaults)."""
+    if live is None or desired.get("kind") != "Installation":
+        return []
+    want = ((desired.get("spec") or {}).get("calicoNetwork") or {}).get("ipPools")
+    have = ((live.get("spec") or {}).get("calicoNetwork") or {}).get("ipPools")
+    if want is None:
+        return []
+    want = want or []
+    have = have or []
+    changes = []
+    if len(want) != len(have):
+        changes.append(f"{len(have)} live pool(s), {len(want)} rendered")
+    for index, pool in enumerate(want):
+        live_pool = have[index] if index < len(have) else {}
+        label = pool.get("cidr") or f"#{index}"
+        for key, value in pool.items():
+            if live_pool.get(key) != value:
+                changes.append(f"ipPools[{index}] ({label}) {key}: {live_pool.get(key)!r} -> {value!r}")
+    return changes

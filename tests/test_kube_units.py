@@ -1,0 +1,539 @@
+"""Pure unit tests of calicolab.kube: rollout rule, ordering, normalisation and diff, pool flag,
+the polling waits against an in-memory API, and the k3s-kubectl fallback with canned output."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from calicolab.kube import apply as kapply
+from calicolab.kube import client as kclient
+from calicolab.kube import waits
+from calicolab.kube.client import ApplyConflict, KubeApi, KubectlApi, NotFound
+from calicolab.kube.diff import normalise, unified_diff
+
+
+# --- rollout rule (lab-facts §15), one test per row ---------------------------------------------
+
+
+def deployment(generation=1, observed=1, replicas=2, updated=2, total=2, available=2, conditions=None, spec_replicas="unset"):
+    spec = {}
+    if spec_replicas != "unset":
+        spec["replicas"] = spec_replicas
+    else:
+        spec["replicas"] = replicas
+    status = {
+        "observedGeneration": observed,
+        "updatedReplicas": updated,
+        "replicas": total,
+        "availableReplicas": available,
+    }
+    if conditions:
+        status["conditions"] = conditions
+    return {"metadata": {"name": "summary", "generation": generation}, "spec": spec, "status": status}
+
+
+def test_rollout_row1_generation_not_observed():
+    check = waits.rollout_status(deployment(generation=3, observed=2))
+    assert (check.done, check.failed) == (False, False)
+    assert check.message == "Waiting for deployment spec update to be observed..."
+
+
+def test_rollout_row1_before_row2():
+    pde = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]
+    check = waits.rollout_status(deployment(generation=2, observed=1, conditions=pde))
+    assert not check.failed and not check.done
+
+
+def test_rollout_row2_progress_deadline_exceeded_is_failure():
+    pde = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]
+    check = waits.rollout_status(deployment(updated=0, available=0, conditions=pde))
+    assert check.failed and not check.done
+    assert check.message == 'deployment "summary" exceeded its progress deadline'
+
+
+def test_rollout_row3_updated_below_spec():
+    check = waits.rollout_status(deployment(replicas=2, updated=1, total=1, available=1))
+    assert check.message == (
+        'Waiting for deployment "summary" rollout to finish: 1 out of 2 new replicas have been updated...'
+    )
+    assert not check.done
+
+
+def test_rollout_row4_old_replicas_pending():
+    check = waits.rollout_status(deployment(replicas=2, updated=2, total=3, available=2))
+    assert check.message == (
+        'Waiting for deployment "summary" rollout to finish: 1 old replicas are pending termination...'
+    )
+
+
+def test_rollout_row5_available_below_updated():
+    check = waits.rollout_status(deployment(replicas=2, updated=2, total=2, available=1))
+    assert check.message == (
+        'Waiting for deployment "summary" rollout to finish: 1 of 2 updated replicas are available...'
+    )
+
+
+def test_rollout_row6_done_and_available_condition_ignored():
+    conds = [{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"}]
+    check = waits.rollout_status(deployment(conditions=conds))
+    assert check.done and not check.failed
+    assert check.message == 'deployment "summary" successfully rolled out'
+
+
+def test_rollout_missing_status_counts_as_zero():
+    dep = {"metadata": {"name": "customer", "generation": 1}, "spec": {"replicas": 1}}
+    check = waits.rollout_status(dep)
+    assert check.message == "Waiting for deployment spec update to be observed..."
+    dep["status"] = {"observedGeneration": 1}
+    assert "0 out of 1 new replicas" in waits.rollout_status(dep).message
+
+
+def test_rollout_spec_replicas_unset_skips_row3():
+    dep = deployment(spec_replicas=None, updated=0, total=0, available=0)
+    dep["spec"].pop("replicas")
+    assert waits.rollout_status(dep).done
+
+
+# --- parsing and ordering ------------------------------------------------------------------------
+
+MANIFEST = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: op, namespace: ns1}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: op, namespace: ns1}
+---
+# only a comment
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: op}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: things.example.com}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: ns1}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: op}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ns1}
+"""
+
+
+def test_parse_skips_empty_documents():
+    objects = kapply.parse_manifest(MANIFEST)
+    assert len(objects) == 7
+
+
+def test_order_namespaces_crds_rbac_serviceaccounts_rest_stable():
+    ordered = kapply.order_objects(kapply.parse_manifest(MANIFEST))
+    assert [o["kind"] for o in ordered] == [
+        "CustomResourceDefinition",
+        "Namespace",
+        "ClusterRoleBinding",
+        "ClusterRole",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+    ]
+
+
+def test_parse_rejects_incomplete_document():
+    with pytest.raises(kapply.ManifestError, match="metadata.name"):
+        kapply.parse_manifest("apiVersion: v1\nkind: Namespace\nmetadata: {}\n")
+
+
+def test_object_ref_is_kubectl_style():
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "tigera-operator", "namespace": "tigera-operator"}}
+    assert kclient.object_ref(dep) == "deployment.apps/tigera-operator -n tigera-operator"
+    assert kclient.object_ref({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}) == "namespace/x"
+
+
+# --- normalisation and diff ---------------------------------------------------------------------
+
+
+def live_deployment(replicas=1):
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "tigera-operator",
+            "namespace": "tigera-operator",
+            "uid": "u-1",
+            "resourceVersion": "77",
+            "generation": 4,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "selfLink": "/x",
+            "managedFields": [{"manager": "calicolab"}],
+            "annotations": {"deployment.kubernetes.io/revision": "3"},
+        },
+        "spec": {"replicas": replicas},
+        "status": {"replicas": 1},
+    }
+
+
+def test_normalise_drops_server_noise():
+    norm = normalise(live_deployment())
+    assert norm["metadata"] == {"name": "tigera-operator", "namespace": "tigera-operator"}
+    assert "status" not in norm
+
+
+def test_normalise_keeps_user_annotations():
+    obj = live_deployment()
+    obj["metadata"]["annotations"]["team"] = "calico"
+    assert normalise(obj)["metadata"]["annotations"] == {"team": "calico"}
+
+
+def test_diff_empty_when_only_noise_differs():
+    a = live_deployment()
+    b = live_deployment()
+    b["metadata"]["resourceVersion"] = "99"
+    b["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "4"
+    b["status"] = {"replicas": 3}
+    assert unified_diff(a, b, "deployment.apps/tigera-operator -n tigera-operator") == ""
+
+
+def test_diff_has_headers_and_changed_line():
+    ref = "deployment.apps/tigera-operator -n tigera-operator"
+    text = unified_diff(live_deployment(1), live_deployment(2), ref)
+    assert text.startswith(f"--- live {ref}\n+++ applied\n")
+    assert "-  replicas: 1\n" in text and "+  replicas: 2\n" in text
+
+
+def test_diff_of_absent_object_is_a_creation():
+    text = unified_diff(None, live_deployment(), "deployment.apps/tigera-operator -n tigera-operator")
+    assert "(absent: will create)" in text.splitlines()[0]
+    assert all(line.startswith(("+", "-", "@")) for line in text.splitlines())
+    assert "uid" not in text
+
+
+# --- pool settings flag --------------------------------------------------------------------------
+
+
+def installation(cidr="198.19.16.0/21", nat="Enabled", encap="None", block=26, extra=None):
+    pool = {"cidr": cidr, "natOutgoing": nat, "encapsulation": encap, "blockSize": block}
+    pool.update(extra or {})
+    return {
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "metadata": {"name": "default"},
+        "spec": {"calicoNetwork": {"containerIPForwarding": "Enabled", "ipPools": [pool]}},
+    }
+
+
+def test_pool_changes_none_when_live_adds_defaults():
+    live = installation(extra={"name": "default-ipv4-ippool", "nodeSelector": "all()", "disableBGPExport": False})
+    assert kapply.pool_changes(live, installation()) == []
+
+
+def test_pool_changes_reports_each_setting():
+    changes = kapply.pool_changes(installation(), installation(cidr="10.10.0.0/16", encap="VXLAN"))
+    assert len(changes) == 2
+    assert any("cidr: '198.19.16.0/21' -> '10.10.0.0/16'" in c for c in changes)
+    assert any("encapsulation" in c for c in changes)
+
+
+def test_pool_changes_ignored_for_new_installation_and_other_kinds():
+    assert kapply.pool_changes(None, installation()) == []
+    assert kapply.pool_changes(live_deployment(), live_deployment()) == []
+
+
+# --- planning and applying against an in-memory API ------------------------------------------------
+
+
+class MemoryApi(KubeApi):
+    """Minimal in-memory KubeApi: apply = merge of the body into the stored object."""
+
+    description = "memory"
+
+    def __init__(self, objects=(), missing_kinds=(), conflicts=()):
+        self.store = {}
+        self.missing_kinds = set(missing_kinds)
+        self.conflicts = set(conflicts)
+        self.applied = []
+        self.lists = {}
+        for obj in objects:
+            self.store[self.key(obj)] = json.loads(json.dumps(obj))
+
+    @staticmethod
+    def key(obj):
+        meta = obj["metadata"]
+        return (obj["kind"], meta["name"], meta.get("namespace"))
+
+    def get(self, api_version, kind, name, namespace=None):
+        return self.store.get((kind, name, namespace))
+
+    def list(self, api_version, kind, namespace=None, label_selector=None):
+        if kind in self.lists:
+            return self.lists[kind]
+        return [o for (k, _, ns), o in self.store.items() if k == kind and (namespace is None or ns == namespace)]
+
+    def apply(self, obj, dry_run=False):
+        if obj["kind"] in self.missing_kinds:
+            raise NotFound(f"the API does not serve kind {obj['kind']}")
+        if obj["metadata"]["name"] in self.conflicts:
+            raise ApplyConflict(kclient.conflict_hint(kclient.object_ref(obj), 'conflict with "kubectl": .spec.replicas'))
+        merged = json.loads(json.dumps(self.store.get(self.key(obj), {})))
+        merged.update(json.loads(json.dumps(obj)))
+        merged.setdefault("metadata", {})["resourceVersion"] = "2"
+        if not dry_run:
+            self.store[self.key(obj)] = merged
+            self.applied.append(kclient.object_ref(obj))
+        return merged
+
+
+def test_plan_create_update_unchanged_conflict_and_missing_kind():
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns1"}}
+    dep = live_deployment(1)
+    api = MemoryApi([ns, dep], conflicts={"blocked"})
+    blocked = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "blocked", "namespace": "ns1"}, "data": {}}
+    api.store[MemoryApi.key(blocked)] = blocked
+    installation_ = installation()
+    api.missing_kinds.add("Installation")
+    new_cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new", "namespace": "ns1"}}
+    plans = kapply.plan_apply(api, [normalise(dep) | {"spec": {"replicas": 2}}, ns, blocked, installation_, new_cm])
+    by_ref = {p.ref: p for p in plans}
+    assert by_ref["namespace/ns1"].action == "unchanged"
+    assert by_ref["deployment.apps/tigera-operator -n tigera-operator"].action == "update"
+    assert by_ref["configmap/blocked -n ns1"].action == "conflict"
+    assert "does not force" in by_ref["configmap/blocked -n ns1"].note
+    assert by_ref["installation.operator.tigera.io/default"].action == "create"
+    assert by_ref["configmap/new -n ns1"].action == "create"
+    assert api.applied == []  # planning never writes
+
+
+def test_apply_objects_reports_and_stops_at_first_failure():
+    api = MemoryApi(conflicts={"b"})
+    objs = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": n, "namespace": "x"}} for n in ("a", "b", "c")
+    ]
+    with pytest.raises(kapply.ApplyFailed) as info:
+        kapply.apply_objects(api, objs)
+    assert info.value.ref == "configmap/b -n x"
+    assert "1 created" in str(info.value)
+    assert api.applied == ["configmap/a -n x"]
+
+
+# --- waits with the in-memory API -------------------------------------------------------------
+
+
+@pytest.fixture
+def fast_polls(monkeypatch):
+    monkeypatch.setattr(waits, "POLL_INITIAL", 0.01)
+    monkeypatch.setattr(waits, "POLL_MAX", 0.02)
+
+
+def test_wait_rollouts_failure_names_deployment_and_events(fast_polls):
+    pde = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"summary-1\" has timed out progressing."}]
+    api = MemoryApi([dict(deployment(updated=0, available=0, conditions=pde), apiVersion="apps/v1", kind="Deployment")])
+    api.store = {("Deployment", "summary", "yaobank"): api.store.pop(next(iter(api.store)))}
+    api.lists["Event"] = [
+        {"type": "Warning", "reason": "Failed", "message": "ImagePullBackOff", "involvedObject": {"kind": "Pod", "name": "summary-1-abc"}},
+        {"type": "Normal", "reason": "Scheduled", "message": "other", "involvedObject": {"kind": "Pod", "name": "customer-1"}},
+    ]
+    with pytest.raises(waits.WaitFailed) as info:
+        waits.wait_rollouts(api, "yaobank", ["summary"], timeout=5)
+    text = str(info.value)
+    assert 'deployment "summary" exceeded its progress deadline' in text
+    assert "ProgressDeadlineExceeded" in text and "pod/summary-1-abc: ImagePullBackOff" in text
+    assert "customer-1" not in text
+
+
+def test_wait_rollouts_timeout(fast_polls):
+    api = MemoryApi()
+    logs = []
+    with pytest.raises(waits.WaitFailed, match=r'timed out waiting for the condition after 0.1s: deployment "customer" not found'):
+        waits.wait_rollouts(api, "yaobank", ["customer"], timeout=0.1, log=logs.append)
+    assert logs and "waiting for deployment(s) customer -n yaobank" in logs[0]
+
+
+def test_wait_tigerastatus_degraded_after_grace(fast_polls):
+    ts = {
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "TigeraStatus",
+        "metadata": {"name": "calico"},
+        "status": {"conditions": [
+            {"type": "Available", "status": "False"},
+            {"type": "Degraded", "status": "True", "reason": "PodFailure", "message": "calico-node: ImagePullBackOff"},
+        ]},
+    }
+    api = MemoryApi([ts])
+    with pytest.raises(waits.WaitFailed, match="tigerastatus/calico Degraded: PodFailure: calico-node: ImagePullBackOff"):
+        waits.wait_tigerastatus(api, "calico", timeout=5, degraded_grace=0.05)
+
+
+def test_wait_tigerastatus_available_and_timeout(fast_polls):
+    ts = {"apiVersion": "operator.tigera.io/v1", "kind": "TigeraStatus", "metadata": {"name": "calico"},
+          "status": {"conditions": [{"type": "Available", "status": "True"}]}}
+    assert waits.wait_tigerastatus(MemoryApi([ts]), "calico", timeout=1) == "tigerastatus/calico Available"
+    with pytest.raises(waits.WaitFailed, match="calico not Available; conditions: the object does not exist"):
+        waits.wait_tigerastatus(MemoryApi(), "calico", timeout=0.05)
+
+
+def test_nodes_check_messages():
+    nodes = [
+        {"metadata": {"name": "control"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        {"metadata": {"name": "node1"}, "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "cni plugin not initialized"}]}},
+    ]
+    check = waits.nodes_check(nodes, ["control", "node1", "node2"])
+    assert not check.done
+    assert check.message == (
+        "nodes not Ready: node1 (Ready=False: KubeletNotReady, cni plugin not initialized); node2 (not registered)"
+    )
+    assert waits.nodes_check(nodes[:1], ["control"]).done
+
+
+def test_crd_established():
+    crd = {"status": {"conditions": [{"type": "NamesAccepted", "status": "True"}, {"type": "Established", "status": "True"}]}}
+    assert waits.crd_established(crd, "x").done
+    assert not waits.crd_established(None, "x").done
+    assert "does not exist yet" in waits.crd_established(None, "x").message
+
+
+def test_poller_logs_periodically_with_fake_clock(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(waits, "PROGRESS_EVERY", 30.0)
+    logs = []
+    poller = waits.Poller("thing", 100, logs.append, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    check = poller.run(lambda: waits.Check(False, "same"))
+    assert not check.done and not check.failed
+    # first line, then one every >= 30 s of a 100 s wait
+    assert 3 <= len(logs) <= 5
+    assert logs[0] == "waiting for thing (0s of 100s): same"
+
+
+# --- connection candidates -------------------------------------------------------------------
+
+
+def fake_lab(tmp_path, mgmt_ip="10.255.255.1", port=6443):
+    control = SimpleNamespace(name="control", role="server", lab_ip="198.19.0.1", mgmt_ip=mgmt_ip)
+    return SimpleNamespace(vms={"control": control}, server=control, k3s_api_port=port, state_path=tmp_path)
+
+
+def test_candidate_urls_order_and_dedup(tmp_path):
+    lab = fake_lab(tmp_path)
+    urls = kclient.candidate_urls("https://198.19.0.1:6443", lab, ["192.168.64.5", "10.255.255.1"])
+    assert urls == ["https://198.19.0.1:6443", "https://10.255.255.1:6443", "https://192.168.64.5:6443"]
+
+
+def test_kubeconfig_server_uses_current_context():
+    config = {
+        "clusters": [{"name": "a", "cluster": {"server": "https://a:1"}}, {"name": "b", "cluster": {"server": "https://b:2"}}],
+        "contexts": [{"name": "cb", "context": {"cluster": "b"}}],
+        "current-context": "cb",
+    }
+    assert kclient.kubeconfig_server(config) == "https://b:2"
+
+
+def test_missing_kubeconfig_is_unreachable(tmp_path):
+    with pytest.raises(kclient.ApiUnreachable, match="no kubeconfig"):
+        kclient.connect_direct(fake_lab(tmp_path))
+
+
+# --- fallback through the connector, canned output ------------------------------------------------
+
+
+class CannedHost:
+    name = "control"
+
+    def __init__(self, responses):
+        self.responses = responses  # list of (substring, ok, stdout, stderr)
+        self.calls = []
+
+    def run_shell_command(self, command, print_output=False, print_input=False, **kwargs):
+        text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
+        self.calls.append((text, kwargs))
+        for needle, ok, out, err in self.responses:
+            if needle in text:
+                return ok, SimpleNamespace(stdout=out, stderr=err)
+        return True, SimpleNamespace(stdout="", stderr="")
+
+
+def test_fallback_check_rejects_phantom_host():
+    with pytest.raises(kclient.ApiUnreachable, match="does not answer"):
+        KubectlApi(CannedHost([])).check()
+
+
+def test_fallback_is_used_and_announced(tmp_path):
+    host = CannedHost([("get --raw /readyz", True, "ok", "")])
+    logs = []
+    api = kclient.connect(fake_lab(tmp_path), host=host, log=logs.append)
+    assert isinstance(api, KubectlApi)
+    assert "using `k3s kubectl` on control" in logs[0]
+    assert host.calls[0][1]["_sudo"] is True and host.calls[0][1]["_timeout"]
+
+
+def test_fallback_get_apply_commands_and_errors():
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "customer", "namespace": "yaobank"}}
+    host = CannedHost([
+        ("get Deployment.v1.apps customer", True, json.dumps(dep), ""),
+        ("get Installation.v1.operator.tigera.io", False, "", 'error: the server doesn\'t have a resource type "Installation"'),
+        ("apply --server-side --dry-run=server", False, "", 'error: Apply failed with 1 conflict: conflict with "kubectl-edit" using apps/v1: .spec.replicas'),
+        ("apply --server-side", True, json.dumps(dep), ""),
+    ])
+    api = KubectlApi(host)
+    assert api.get("apps/v1", "Deployment", "customer", "yaobank") == dep
+    cmd, kwargs = host.calls[-1]
+    assert cmd == "k3s kubectl get Deployment.v1.apps customer -o json --ignore-not-found -n yaobank"
+    assert api.get("operator.tigera.io/v1", "Installation", "default") is None
+    with pytest.raises(ApplyConflict, match=r"conflict with \"kubectl-edit\".*\.spec\.replicas"):
+        api.apply(dep, dry_run=True)
+    assert api.apply(dep) == dep
+    cmd, kwargs = host.calls[-1]
+    assert cmd == "k3s kubectl apply --server-side --field-manager=calicolab -o json -f -"
+    assert json.loads(kwargs["_stdin"]) == dep
+
+
+def test_fallback_diff_exit_code_one_means_differs():
+    host = CannedHost([("diff --server-side", True, "--- a\n+++ b\n", "")])
+    differs, text = KubectlApi(host).diff("apiVersion: v1\n")
+    assert differs and text.startswith("--- a")
+    assert host.calls[-1][1]["_success_exit_codes"] == [0, 1]
+
+
+def test_apply_retries_a_kind_not_served_yet_right_after_crds(monkeypatch):
+    monkeypatch.setattr(kapply.time, "sleep", lambda s: None)
+    api = MemoryApi(missing_kinds={"Widget"})
+    calls = {"n": 0}
+    real = api.apply
+
+    def apply(obj, dry_run=False):
+        if obj["kind"] == "Widget":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                api.missing_kinds.discard("Widget")
+        return real(obj, dry_run)
+
+    api.apply = apply
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.x"}}
+    widget = {"apiVersion": "x/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    result = kapply.apply_objects(api, [widget, crd])
+    assert result.created == ["customresourcedefinition.apiextensions.k8s.io/widgets.x", "widget.x/w"]
+    assert calls["n"] == 3
+
+
+def test_apply_does_not_retry_unknown_kind_without_crds():
+    api = MemoryApi(missing_kinds={"Widget"})
+    with pytest.raises(kapply.ApplyFailed, match="does not serve kind Widget"):
+        kapply.apply_objects(api, [{"apiVersion": "x/v1", "kind": "Widget", "metadata": {"name": "w"}}])
+
+
+def test_fallback_connector_error_is_unreachable_not_a_crash(tmp_path):
+    class BrokenHost(CannedHost):
+        def run_shell_command(self, command, **kwargs):
+            raise OSError("multipass: instance control is not running")
+
+    with pytest.raises(kclient.ApiUnreachable, match="instance control is not running"):
+        kclient.connect(fake_lab(tmp_path), host=BrokenHost([]))
