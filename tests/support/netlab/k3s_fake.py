@@ -250,7 +250,11 @@ def server(args):
             hook = "k3s_lab" if "def k3s_lab(" in f.read() else "start"
     except OSError:
         hook = "start"
-    argv = [VENV_PY, "-m", "tests.support.kubeapi", "serve", "--host", node_ip, "--port", str(port),
+    # Like the real apiserver (bind-address 0.0.0.0), reachable on every address of the VM; the datastore
+    # survives restarts like k3s' sqlite database.
+    os.makedirs(f"{sdir}/db", exist_ok=True)
+    argv = [VENV_PY, "-m", "tests.support.kubeapi", "serve", "--host", "0.0.0.0", "--port", str(port),
+            "--state-file", f"{sdir}/db/state.json",
             "--tls-dir", f"{sdir}/tls", "--service-cidr", service_cidr, "--token-file", tokfile,
             "--kubeconfig-out", kubeconfig, "--kubeconfig-server", f"https://127.0.0.1:{port}",
             "--ready-file", ready, "--controllers", f"tests.support.kubeapi.controllers:{hook}"]
@@ -292,11 +296,6 @@ def server(args):
         os.chmod(p, 0o600)
     if mode is not None:
         os.chmod(kubeconfig, int(str(mode), 8))
-    if node_ip != "127.0.0.1":
-        try:
-            forward("127.0.0.1", port, node_ip)
-        except OSError as e:
-            log(f"cannot listen on 127.0.0.1:{port}: {e}")
     log(f"k3s is up and running (https://{node_ip}:{port})")
     notify("READY=1")
     code = child.wait()

@@ -1,0 +1,46 @@
+"""The Calico Operator Level 1 lab, in the order of the course.
+
+    pyinfra inventory.py deploy.py            build (or bring back) the lab, then verify it
+    pyinfra inventory.py deploy.py --dry --diff   show every change, change nothing
+
+Every phase is idempotent: a second run reports no change. A barrier between phases keeps
+them in this order on every host (pyinfra orders operations per host, not by line).
+"""
+
+from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
+
+from calicolab.model import LabConfigError, lab_for_host
+from calicolab.operations.barrier import barrier
+from tasks import app, calico, k3s, verify, vms
+
+try:
+    lab = lab_for_host(host)
+except LabConfigError as error:
+    # One message listing every bad setting, before anything is touched.
+    raise PyinfraError(str(error)) from None
+
+# 1. Creating the lab environment: four VMs from their cloud-init.
+vms.vms_running(lab)
+barrier(name="── phase 1 done: VMs running ──")
+
+# 2. The Kubernetes cluster: k3s server, agents, and host1 as the client.
+k3s.server(lab)
+barrier(name="── phase 2a done: k3s server up ──")
+k3s.agents(lab)
+barrier(name="── phase 2b done: k3s agents up ──")
+k3s.cluster_joined(lab)
+barrier(name="── phase 2c done: cluster joined ──")
+k3s.client(lab)
+barrier(name="── phase 2 done: host1 ready ──")
+
+# 3. Installing Calico: the tigera-operator, then the Installation.
+calico.install(lab)
+barrier(name="── phase 3 done: Calico available ──")
+
+# 4. The YaoBank application.
+app.deploy(lab)
+barrier(name="── phase 4 done: YaoBank rolled out ──")
+
+# 5. Verification from outside the cluster.
+verify.check(lab)
