@@ -331,7 +331,8 @@ def test_config_diff_shown_for_new_file_in_prepare(harness, lab, caplog):
     assert b"token-file: \"/etc/rancher/k3s/calicolab-token\"" in upload[2]
     commands = h.commands()
     # the file is created with its final mode before the content is written
-    create = next(i for i, c in enumerate(commands) if c.startswith("install -d"))
+    assert "{ [ -d /etc/rancher/k3s ] || install -d -m 0755 /etc/rancher/k3s ; }" in next(c for c in commands if "-m 0600 -o root -g root /dev/null" in c)
+    create = next(i for i, c in enumerate(commands) if "/dev/null /etc/rancher/k3s/config.yaml" in c)
     assert "-m 0600 -o root -g root /dev/null /etc/rancher/k3s/config.yaml" in commands[create]
     assert create < commands.index(f"<upload {K3S_CONFIG_PATH}>")
 

@@ -166,9 +166,11 @@ def file_commands(
     if not content_same:
         parent = posixpath.dirname(dest) or "/"
         if not remote:
-            # an empty file with the final mode and owner; the upload then fills it in place
+            # an empty file with the final mode and owner; the upload then fills it in place.
+            # The parent is created only when missing: install -d would reset an existing folder's mode.
             yield StringCommand(
-                "install", "-d", "-m", "0755", QuoteString(parent), "&&",
+                "{", "[", "-d", QuoteString(parent), "]", "||", "install", "-d", "-m", "0755", QuoteString(parent), ";", "}",
+                "&&",
                 "install", "-m", mode, "-o", user, "-g", group, "/dev/null", QuoteString(dest),
             )
         else:

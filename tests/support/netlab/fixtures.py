@@ -12,6 +12,7 @@ http://203.0.113.1:8080 inside the workstation namespace; ``netlab_mirror.data``
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -38,8 +39,9 @@ def netlab_skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture
-def netlab():
+@contextlib.contextmanager
+def netlab_session():
+    """A fresh NetLab for the duration of the block; always torn down and checked afterwards."""
     reason = netlab_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -71,6 +73,12 @@ def netlab():
         if not problems:
             shutil.rmtree(workdir, ignore_errors=True)
         assert not problems, "netlab teardown: " + "; ".join(problems)
+
+
+@pytest.fixture
+def netlab():
+    with netlab_session() as lab:
+        yield lab
 
 
 @pytest.fixture

@@ -30,7 +30,12 @@ DEFAULT_CALICOCTL = ("v3.32.1",)
 ARCHES = ("amd64", "arm64")
 
 KUBECTL_WRAPPER = """#!/bin/sh
-# netlab fake kubectl {version}: the venv's real kubectl client
+# netlab fake kubectl {version}: the venv's real kubectl client, reporting the version it stands in for
+case " $* " in
+  *" version "*"--client"*|*" --client "*"version"*)
+    printf '{{"clientVersion": {{"gitVersion": "{version}", "platform": "linux/amd64"}}}}\\n'
+    exit 0 ;;
+esac
 exec /opt/calicolab-venv/bin/kubectl "$@"
 """
 

@@ -1,0 +1,170 @@
+"""End to end: the real ``pyinfra inventory.py deploy.py`` CLI against the namespace test lab.
+
+The workstation side runs in the lab's workstation namespace with the multipass double first in PATH;
+downloads come from the lab's mirror through the ``--data`` URL overrides a user with a mirror would
+use. The tests run in order on one lab (each step builds on the previous one): dry run from nothing,
+build, re-run, dry-run diff of a pool change, stopped lab, restarted node. Root only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.netlab.fixtures import netlab_session
+from tests.support.netlab.mirror import Mirror
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
+
+PROJECT = Path(__file__).resolve().parent.parent
+PYINFRA = str(Path(__import__("sys").executable).with_name("pyinfra"))
+VMS = ("control", "node1", "node2", "host1")
+
+
+class Lab:
+    """The test lab plus helpers to run the product and look inside the VMs."""
+
+    def __init__(self, netlab, mirror, state_dir: Path):
+        self.netlab, self.mirror, self.state_dir = netlab, mirror, state_dir
+        self.outputs: list[str] = []
+
+    def deploy(self, *args: str, data: dict | None = None, timeout: float = 420):
+        overrides = [f"--data=state_dir={self.state_dir}"] + [f"--data={k}={v}" for k, v in (data or {}).items()]
+        argv = [PYINFRA, "inventory.py", "deploy.py", *args, *self.mirror.data_args(), *overrides]
+        result = self.netlab.ws_run(argv, env=self.netlab.ws_env(), cwd=str(PROJECT), timeout=timeout)
+        self.outputs.append(result.stdout + result.stderr)
+        return result
+
+    def instances(self) -> dict[str, str]:
+        listing = self.netlab.multipass("list", "--format", "json")
+        assert listing.returncode == 0, listing.stderr
+        return {i["name"]: i["state"] for i in json.loads(listing.stdout)["list"]}
+
+    def vm(self, name: str, script: str) -> str:
+        result = self.netlab.exec_in(name, ["sh", "-c", script], timeout=60)
+        assert result.returncode == 0, f"{name}: {script}: {result.stderr}"
+        return result.stdout
+
+    def kubectl_json(self, *args: str) -> dict:
+        return json.loads(self.vm("control", "k3s kubectl " + " ".join(args) + " -o json"))
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with netlab_session() as netlab:
+        mirror = Mirror(netlab).start()
+        try:
+            with tempfile.TemporaryDirectory(prefix="calicolab-state-") as state:
+                yield Lab(netlab, mirror, Path(state) / "lab-state")
+        finally:
+            mirror.stop()
+
+
+def results_totals(result) -> dict:
+    """The Results totals of a ``--json`` run."""
+    return json.loads(result.stdout)["results"]["totals"]
+
+
+def assert_lab_healthy(lab: Lab) -> None:
+    assert lab.instances() == {name: "Running" for name in VMS}
+    nodes = lab.kubectl_json("get", "nodes")["items"]
+    ready = {n["metadata"]["name"]: [c["status"] for c in n["status"]["conditions"] if c["type"] == "Ready"] for n in nodes}
+    assert ready == {"control": ["True"], "node1": ["True"], "node2": ["True"]}
+    status = lab.kubectl_json("get", "tigerastatus", "calico")["status"]["conditions"]
+    assert any(c["type"] == "Available" and c["status"] == "True" for c in status)
+    for deployment in ("customer", "summary", "database"):
+        out = lab.vm("control", f"k3s kubectl -n yaobank rollout status deployment/{deployment} --timeout=30s")
+        assert f'deployment "{deployment}" successfully rolled out' in out
+    page = lab.vm("host1", "curl -fsS --max-time 5 http://198.19.0.1:30180/")
+    assert "Welcome to YAO Bank" in page
+
+
+def test_dry_run_from_nothing_lists_everything_and_creates_nothing(lab):
+    result = lab.deploy("--dry", "--diff")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    for name in VMS:
+        assert f"{name} will be launched" in output
+    assert "#cloud-config" in output, "the cloud-init of each new VM is shown as a diff"
+    assert "will generate the cluster token" in output
+    assert "will be applied" in output and "installation.operator.tigera.io/default" in output
+    assert lab.instances() == {}
+    assert not lab.state_dir.exists()
+    assert lab.mirror.requests() == []
+
+
+def test_deploy_from_nothing_builds_and_verifies_the_lab(lab):
+    result = lab.deploy("-y")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_lab_healthy(lab)
+
+    # k3s: pinned version, configured from its file, agents joined with the lab's token
+    assert lab.vm("control", "k3s --version").startswith("k3s version v1.35.4+k3s1")
+    assert "flannel-backend: \"none\"" in lab.vm("control", "cat /etc/rancher/k3s/config.yaml")
+    assert lab.vm("control", "stat -c %a /etc/rancher/k3s/k3s.yaml").strip() == "600"
+    # host1: BIRD, tools and a kubeconfig for ubuntu that really reaches the API
+    assert "neighbor 198.19.0.3 as 64512;" in lab.vm("host1", "cat /etc/bird/bird.conf")
+    assert lab.vm("host1", "stat -c '%a %U' /home/ubuntu/.kube/config").strip() == "600 ubuntu"
+    nodes = lab.vm("host1", "kubectl --kubeconfig /home/ubuntu/.kube/config get nodes -o name")
+    assert sorted(nodes.split()) == ["node/control", "node/node1", "node/node2"]
+    assert "v3.32.1" in lab.vm("host1", "calicoctl version")
+    # local state: private folder and files; the token never shows in the output
+    assert stat.S_IMODE(lab.state_dir.stat().st_mode) == 0o700
+    token = (lab.state_dir / "cluster-token").read_text().strip()
+    for name in ("cluster-token", "kubeconfig.yaml"):
+        assert stat.S_IMODE((lab.state_dir / name).stat().st_mode) == 0o600
+    assert token and token not in "\n".join(lab.outputs)
+    # the static addresses came from the product's own cloud-init network script, matched by MAC
+    addresses = lab.vm("node2", "ip -4 -o addr show dev eth0")
+    assert "198.19.0.3/20" in addresses and "10.255.255.3/24" in addresses
+
+
+def test_rerun_reports_no_change_on_every_host(lab):
+    result = lab.deploy("-y", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    totals = results_totals(result)
+    changed = [(op["name"], op["success"]) for op in json.loads(result.stdout)["results"]["operations"] if op["success"]]
+    assert totals["success"] == 0 and totals["error"] == 0, changed
+    assert totals["no_change"] > 0
+
+
+def test_dry_diff_of_a_pool_change_shows_exactly_that_field_and_changes_nothing(lab):
+    before = lab.kubectl_json("get", "installation", "default")
+    result = lab.deploy("--dry", "--diff", data={"calico_pool_nat_outgoing": "Disabled"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    changed = [re.sub(r"\s+", " ", line.strip()) for line in output.splitlines()
+               if re.match(r"\s*[-+]\s", line) and not re.match(r"\s*(---|\+\+\+)", line)]
+    assert changed == ["- natOutgoing: Enabled", "+ natOutgoing: Disabled"], changed
+    assert "install time" in output
+    after = lab.kubectl_json("get", "installation", "default")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["spec"]["calicoNetwork"]["ipPools"][0]["natOutgoing"] == "Enabled"
+
+
+def test_stopped_lab_is_not_started_by_dry_run_and_comes_back_with_a_rerun(lab):
+    stop = lab.netlab.multipass("stop", "--all")
+    assert stop.returncode == 0, stop.stderr
+    assert set(lab.instances().values()) == {"Stopped"}
+
+    dry = lab.deploy("--dry")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert set(lab.instances().values()) == {"Stopped"}
+    assert "will be started" in dry.stdout + dry.stderr
+
+    result = lab.deploy("-y")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_lab_healthy(lab)
+
+
+def test_restarted_node_is_brought_back_and_reverified(lab):
+    restart = lab.netlab.multipass("restart", "node2")
+    assert restart.returncode == 0, restart.stderr
+    result = lab.deploy("-y")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_lab_healthy(lab)
