@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 PROJECT = Path(__file__).resolve().parent.parent
 PYINFRA = str(Path(__import__("sys").executable).with_name("pyinfra"))
 VMS = ("control", "node1", "node2", "host1")
+K3S_UPGRADE = "v1.35.5+k3s1"
+# multipass commands that change something; a dry run may only list
+MUTATING = {"launch", "start", "stop", "restart", "delete", "purge", "exec", "transfer", "recover"}
 
 
 class Lab:
@@ -39,6 +42,18 @@ class Lab:
         result = self.netlab.ws_run(argv, env=self.netlab.ws_env(), cwd=str(PROJECT), timeout=timeout)
         self.outputs.append(result.stdout + result.stderr)
         return result
+
+    def multipass_calls(self) -> list[list[str]]:
+        log = self.netlab.workdir / "multipass-calls.log"
+        return [json.loads(line)["argv"] for line in log.read_text().splitlines()] if log.exists() else []
+
+    def snapshot(self) -> dict:
+        """What a dry run must leave alone: instances, local state files, the VMs' files that deploys write."""
+        files = {}
+        if self.state_dir.exists():
+            for path in sorted(self.state_dir.rglob("*")):
+                files[str(path)] = (stat.S_IMODE(path.stat().st_mode), path.read_bytes() if path.is_file() else None)
+        return {"instances": self.instances(), "state": files, "mirror": len(self.mirror.requests())}
 
     def instances(self) -> dict[str, str]:
         listing = self.netlab.multipass("list", "--format", "json")
@@ -57,7 +72,7 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab():
     with netlab_session() as netlab:
-        mirror = Mirror(netlab).start()
+        mirror = Mirror(netlab, k3s_versions=("v1.35.4+k3s1", K3S_UPGRADE)).start()
         try:
             with tempfile.TemporaryDirectory(prefix="calicolab-state-") as state:
                 yield Lab(netlab, mirror, Path(state) / "lab-state")
@@ -152,10 +167,15 @@ def test_stopped_lab_is_not_started_by_dry_run_and_comes_back_with_a_rerun(lab):
     assert stop.returncode == 0, stop.stderr
     assert set(lab.instances().values()) == {"Stopped"}
 
-    dry = lab.deploy("--dry")
+    before, calls_before = lab.snapshot(), len(lab.multipass_calls())
+    dry = lab.deploy("--dry", "--diff")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert set(lab.instances().values()) == {"Stopped"}
-    assert "will be started" in dry.stdout + dry.stderr
+    assert lab.snapshot() == before
+    mutating = [argv for argv in lab.multipass_calls()[calls_before:] if argv and argv[0] in MUTATING]
+    assert mutating == [], "a dry run may only read"
+    output = dry.stdout + dry.stderr
+    for name in VMS:
+        assert f"{name} is Stopped: it will be started" in output
 
     result = lab.deploy("-y")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -168,3 +188,41 @@ def test_restarted_node_is_brought_back_and_reverified(lab):
     result = lab.deploy("-y")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_lab_healthy(lab)
+
+
+def test_a_vm_that_will_not_start_ends_the_run_naming_it_and_a_rerun_resumes(lab):
+    assert lab.netlab.multipass("stop", "node1").returncode == 0
+    lab.netlab.set_faults({"fail": {"start:node1": "The following errors occurred:\nnode1: timed out waiting for response"}})
+    failed = lab.deploy("-y")
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert "node1" in output and "timed out waiting for response" in output
+    assert lab.instances()["node1"] == "Stopped"
+
+    lab.netlab.set_faults({})
+    resumed = lab.deploy("-y")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_lab_healthy(lab)
+
+
+def test_a_new_k3s_version_is_applied_in_place(lab):
+    token = (lab.state_dir / "cluster-token").read_text()
+    result = lab.deploy("-y", data={"k3s_version": K3S_UPGRADE})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("control", "node1", "node2"):
+        assert lab.vm(name, "k3s --version").startswith(f"k3s version {K3S_UPGRADE}"), name
+    assert (lab.state_dir / "cluster-token").read_text() == token, "same lab, same token"
+    assert not [argv for argv in lab.multipass_calls() if argv[:1] in (["delete"], ["purge"])], "no VM was recreated"
+    assert_lab_healthy(lab)
+    again = lab.deploy("-y", "--json", data={"k3s_version": K3S_UPGRADE})
+    assert results_totals(again)["success"] == 0
+
+
+def test_teardown_removes_the_lab_vms_and_state_but_no_other_instance(lab):
+    other = lab.netlab.multipass("launch", "-n", "someone-elses", "24.04")
+    assert other.returncode == 0, other.stderr
+    argv = [PYINFRA, "inventory.py", "teardown.py", "-y", f"--data=state_dir={lab.state_dir}"]
+    result = lab.netlab.ws_run(argv, env=lab.netlab.ws_env(), cwd=str(PROJECT), timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert lab.instances() == {"someone-elses": "Running"}
+    assert not lab.state_dir.exists()
