@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["q"] = quote
     env.filters["to_yaml"] = to_yaml
+    env.filters["shquote"] = lambda value: shlex.quote(str(value))
     env.filters["suffix"] = lambda text, ending: f"{text}{ending}"
     # Static files of our own (scripts) embedded verbatim; they carry no values.
     env.globals["lookup_file"] = lambda relative: (TEMPLATES_DIR / relative).read_text().rstrip("\n")
@@ -99,6 +101,11 @@ def render_bird_conf(lab: Lab) -> str:
     return _render("bird/bird.conf.j2", **_context(lab))
 
 
+def render_profile(lab: Lab) -> str:
+    """host1's ``/etc/profile.d/calicolab.sh``: kubeconfig, calicoctl's datastore and alias."""
+    return _render("host1/profile.sh.j2", **_context(lab))
+
+
 def render_manifest(lab: Lab, which: str) -> str:
     """A multi-document Kubernetes manifest: one of ``MANIFESTS``."""
     if which not in MANIFESTS:
@@ -115,6 +122,7 @@ def render_all(lab: Lab) -> dict[str, str]:
     for vm in lab.agents:
         files[f"k3s/{vm.name}-config.yaml"] = render_k3s_config(lab, vm.name)
     files["bird/bird.conf"] = render_bird_conf(lab)
+    files["host1/profile.sh"] = render_profile(lab)
     for which in MANIFESTS:
         files[f"manifests/{which}.yaml"] = render_manifest(lab, which)
     return files

@@ -28,7 +28,7 @@ from calicolab.constants import (
 )
 from calicolab.model import lab_for_host
 from calicolab.operations import k3s, tools
-from calicolab.render import render_bird_conf
+from calicolab.render import render_bird_conf, render_profile
 from calicolab.state import LabState, install_secret_filter
 
 KUBECTL_PATH = "/usr/local/bin/kubectl"
@@ -150,7 +150,7 @@ def client(lab=None) -> None:
     tools.rendered_file(
         name="host1: shell profile (KUBECONFIG, DATASTORE_TYPE, calicoctl alias)",
         dest=tools.PROFILE_PATH,
-        content=tools.render_profile(HOST1_KUBECONFIG_PATH),
+        content=render_profile(lab),
         mode="0644",
         _sudo=True,
     )

@@ -625,15 +625,19 @@ def test_binary_fails_on_mismatch_reported_by_the_vm(harness, caplog):
     assert "checksum mismatch" in caplog.text
 
 
-def test_profile_content():
-    text = tools.render_profile()
+def test_profile_content(lab):
+    from calicolab.render import render_profile
+
+    text = render_profile(lab)
     assert "export DATASTORE_TYPE=kubernetes\n" in text
     assert "export KUBECONFIG=/home/ubuntu/.kube/config\n" in text
     assert "alias calicoctl='calicoctl --allow-version-mismatch'\n" in text
 
 
-def test_rendered_file_noop_when_identical(harness):
-    content = tools.render_profile()
+def test_rendered_file_noop_when_identical(harness, lab):
+    from calicolab.render import render_profile
+
+    content = render_profile(lab)
     h = harness({"host1": file_facts(tools.PROFILE_PATH, content.encode(), mode="-rw-r--r--")})
     meta = h.add(tools.rendered_file, name="p", dest=tools.PROFILE_PATH, content=content, mode="0644", host="host1")
     assert not meta.will_change

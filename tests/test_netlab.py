@@ -1,6 +1,5 @@
 """The namespace lab and the multipass double (tests/support/netlab). Root only; everything stays in namespaces."""
 import json
-import os
 import time
 
 import pytest

@@ -188,7 +188,7 @@ def test_rendering_is_deterministic(lab, tmp_path):
         subprocess.run([sys.executable, "-m", "calicolab", "render", str(tmp_path / out)], check=True, capture_output=True)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 11
+    assert files_a == files_b and len(files_a) == 12
     for relative in files_a:
         assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes()
 

@@ -332,15 +332,3 @@ def binary(tool: str, url: str, sha256_url: str, dest: str, version: str, mode: 
 # --- profile --------------------------------------------------------------------------
 
 PROFILE_PATH = "/etc/profile.d/calicolab.sh"
-
-
-def render_profile(kubeconfig: str = "/home/ubuntu/.kube/config") -> str:
-    """``/etc/profile.d/calicolab.sh`` for host1: calicoctl's datastore, kubeconfig, alias."""
-
-    return (
-        "# Managed by calicolab: environment for kubectl and calicoctl on this lab host.\n"
-        "export DATASTORE_TYPE=kubernetes\n"
-        f"export KUBECONFIG={kubeconfig}\n"
-        "# The alias exists only in interactive shells; scripts pass --allow-version-mismatch.\n"
-        "alias calicoctl='calicoctl --allow-version-mismatch'\n"
-    )

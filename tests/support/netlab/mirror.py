@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pathlib
 import subprocess
 import sys
-import time
 
 from .lab import HERE, PROJECT_DIR, WS_ADDR, NetLab
 
