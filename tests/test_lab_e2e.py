@@ -162,6 +162,17 @@ def test_dry_diff_of_a_pool_change_shows_exactly_that_field_and_changes_nothing(
     assert after["spec"]["calicoNetwork"]["ipPools"][0]["natOutgoing"] == "Enabled"
 
 
+def test_a_cloud_init_change_is_reported_per_vm_with_how_to_recreate_never_applied_silently(lab):
+    before = lab.snapshot()
+    result = lab.deploy("--dry", data={"tcp_mss": 1200})
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    for name in VMS:
+        assert f"{name} was created from a different cloud-init user-data" in output
+        assert f"teardown.py --limit {name}" in output
+    assert lab.snapshot() == before
+
+
 def test_stopped_lab_is_not_started_by_dry_run_and_comes_back_with_a_rerun(lab):
     stop = lab.netlab.multipass("stop", "--all")
     assert stop.returncode == 0, stop.stderr
