@@ -425,7 +425,10 @@ def fake_lab(tmp_path, mgmt_ip="10.255.255.1", port=6443):
 def test_candidate_urls_order_and_dedup(tmp_path):
     lab = fake_lab(tmp_path)
     urls = kclient.candidate_urls("https://198.19.0.1:6443", lab, ["192.168.64.5", "10.255.255.1"])
-    assert urls == ["https://198.19.0.1:6443", "https://10.255.255.1:6443", "https://192.168.64.5:6443"]
+    assert urls == ["https://192.168.64.5:6443", "https://10.255.255.1:6443", "https://198.19.0.1:6443"]
+    # what Multipass lists for control: its DHCP address first, then the lab and management addresses
+    listed = ["192.168.64.5", "198.19.0.1", "10.255.255.1"]
+    assert kclient.candidate_urls("https://198.19.0.1:6443", lab, listed)[0] == "https://192.168.64.5:6443"
 
 
 def test_kubeconfig_server_uses_current_context():

@@ -309,14 +309,17 @@ def _format_url(address: str, port: int) -> str:
 
 
 def candidate_urls(server: str, lab, extra_addresses: Iterable[str] = ()) -> list[str]:
-    """The kubeconfig's server first, then control's management ip, then extra addresses
-    (all on the API port), without duplicates."""
+    """Control's addresses as Multipass reports them first (its DHCP address, which the workstation
+    can route to, comes first), then the kubeconfig's server, then control's management ip (all on the
+    API port), without duplicates. The lab and management networks exist only between the VMs, so
+    trying them first would send the workstation's packets to its default gateway and wait."""
     port = int(getattr(lab, "k3s_api_port", 6443))
-    urls = [server.rstrip("/")]
     control = lab.vms["control"] if "control" in lab.vms else lab.server
-    for address in [control.mgmt_ip, *extra_addresses]:
+    urls: list[str] = []
+    for address in [*extra_addresses, server, control.mgmt_ip]:
         if address:
-            url = _format_url(str(address), port)
+            text = str(address)
+            url = text.rstrip("/") if "://" in text else _format_url(text, port)
             if url not in urls:
                 urls.append(url)
     return urls
