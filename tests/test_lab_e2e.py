@@ -229,6 +229,17 @@ def test_a_new_k3s_version_is_applied_in_place(lab):
     assert results_totals(again)["success"] == 0
 
 
+def test_no_secret_appeared_in_any_output_of_the_module(lab):
+    import yaml
+
+    everything = "\n".join(lab.outputs)
+    assert len(lab.outputs) >= 8
+    token = (lab.state_dir / "cluster-token").read_text().strip()
+    user = yaml.safe_load((lab.state_dir / "kubeconfig.yaml").read_text())["users"][0]["user"]
+    for secret in (token, user["client-key-data"], user["client-certificate-data"]):
+        assert secret and secret not in everything
+
+
 def test_teardown_removes_the_lab_vms_and_state_but_no_other_instance(lab):
     other = lab.netlab.multipass("launch", "-n", "someone-elses", "24.04")
     assert other.returncode == 0, other.stderr
