@@ -583,7 +583,7 @@ class KubectlHost:
         return ok, SimpleNamespace(stdout=proc.stdout.rstrip("\n"), stderr=proc.stderr.rstrip("\n"))
 
 
-KUBECTL = Path("/opt/calicolab-venv/bin/kubectl")
+KUBECTL = Path(__import__("sys").executable).with_name("kubectl")
 
 
 @pytest.mark.kubectl

@@ -33,8 +33,8 @@ import urllib.request
 VERSION = "@@VERSION@@"
 COMMIT = "abcdef12"
 PROJECT_DIR = "@@PROJECT_DIR@@"
-VENV_PY = "/opt/calicolab-venv/bin/python"
-KUBECTL = "/opt/calicolab-venv/bin/kubectl"
+VENV_PY = "@@VENV_PY@@"  # the test run's interpreter (the mirror bakes it in)
+KUBECTL = "@@VENV_BIN@@/kubectl"
 CONFIG = "/etc/rancher/k3s/config.yaml"
 DATA = "/var/lib/rancher/k3s"
 BOOL_FLAGS = {"disable-network-policy", "disable-kube-proxy", "disable-cloud-controller", "disable-helm-controller",

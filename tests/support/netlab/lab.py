@@ -24,9 +24,11 @@ import fcntl
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -168,8 +170,17 @@ class NetLab:
         self.faults_path.write_text(json.dumps(faults))
 
     # ------------------------------------------------------------------ lab up/down
+    @property
+    def bin_dir(self) -> pathlib.Path:
+        """Holds the ``multipass`` launcher: the double run by this test run's interpreter."""
+        return self.workdir / "bin"
+
     def setup(self) -> "NetLab":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.bin_dir.mkdir(exist_ok=True)
+        launcher = self.bin_dir / "multipass"
+        launcher.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(HERE / 'multipass'))} \"$@\"\n")
+        launcher.chmod(0o755)
         (self.workdir / "vms").mkdir(exist_ok=True)
         existing = _run(["ip", "netns", "list"]).stdout
         for ns in (self.sw, self.ws):
@@ -557,11 +568,12 @@ class NetLab:
     def ws_env(self, extra: dict | None = None) -> dict:
         """Environment for commands run in the workstation namespace: the multipass double first in PATH and the
         lab state file in CALICOLAB_NETLAB_STATE."""
-        env = {"PATH": f"{HERE}:{os.path.dirname(SYS_PYTHON)}:/opt/calicolab-venv/bin:{os.environ.get('PATH', '')}",
+        env = {"PATH": f"{self.bin_dir}:{os.path.dirname(SYS_PYTHON)}:{os.path.dirname(sys.executable)}:"
+                       f"{os.environ.get('PATH', '')}",
                STATE_ENV: str(self.state_path)}
         env.update(extra or {})
         return env
 
     def multipass(self, *args, input=None, timeout: float = 120, env: dict | None = None):
         """Run the multipass double in the workstation namespace; returns CompletedProcess (text)."""
-        return self.ws_run([str(HERE / "multipass"), *args], env=self.ws_env(env), input=input, timeout=timeout)
+        return self.ws_run([str(self.bin_dir / "multipass"), *args], env=self.ws_env(env), input=input, timeout=timeout)

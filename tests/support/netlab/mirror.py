@@ -34,7 +34,7 @@ case " $* " in
     printf '{{"clientVersion": {{"gitVersion": "{version}", "platform": "linux/amd64"}}}}\\n'
     exit 0 ;;
 esac
-exec /opt/calicolab-venv/bin/kubectl "$@"
+exec {venv_bin}/kubectl "$@"
 """
 
 CALICOCTL = """#!/usr/bin/python3
@@ -96,13 +96,15 @@ class Mirror:
     def build(self) -> "Mirror":
         install = (HERE / "k3s_install.sh").read_text().replace("@@MIRROR@@", BASE)
         self._write("k3s/install.sh", install, 0o755)
+        venv_bin = os.path.dirname(sys.executable)
         fake = (HERE / "k3s_fake.py").read_text().replace("@@PROJECT_DIR@@", str(PROJECT_DIR))
+        fake = fake.replace("@@VENV_PY@@", sys.executable).replace("@@VENV_BIN@@", venv_bin)
         for v in self.k3s_versions:
             b = self._write(f"k3s/{v}/k3s", fake.replace("@@VERSION@@", v), 0o755)
             self._write(f"k3s/{v}/sha256sum-amd64.txt", f"{_sha(b)}  k3s\n")
         for v in self.kubectl_versions:
             for arch in ARCHES:
-                b = self._write(f"kubectl/release/{v}/bin/linux/{arch}/kubectl", KUBECTL_WRAPPER.format(version=v),
+                b = self._write(f"kubectl/release/{v}/bin/linux/{arch}/kubectl", KUBECTL_WRAPPER.format(version=v, venv_bin=venv_bin),
                                 0o755)
                 self._write(f"kubectl/release/{v}/bin/linux/{arch}/kubectl.sha256", _sha(b))
         for v in self.calicoctl_versions:
