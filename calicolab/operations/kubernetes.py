@@ -43,6 +43,18 @@ CURL_MAX_TIME = 5
 # --- helpers -------------------------------------------------------------------------------------
 
 
+_reasons_told: set[str] = set()
+
+
+def _why(exc: Exception) -> str:
+    """Why the API was not reachable: in full the first time in a run, then by reference."""
+    reason = str(exc)
+    if reason in _reasons_told:
+        return " (same reason as above)"
+    _reasons_told.add(reason)
+    return f" ({reason})"
+
+
 def _lab(lab):
     if lab is not None:
         return lab
@@ -150,7 +162,7 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
     try:
         api = _connect(host, lab)
     except KubeError as exc:
-        host.log(f"API not reachable: {len(objects)} object(s) will be applied: {', '.join(refs)} ({exc})")
+        host.log(f"API not reachable: {len(objects)} object(s) will be applied: {', '.join(refs)}{_why(exc)}")
         yield command
         return
     try:
@@ -216,7 +228,7 @@ def _wait_op(step: str, lab, probe: Callable[[KubeApi], waits.Check], wait) -> I
     try:
         api = _connect(host, lab)
     except KubeError as exc:
-        host.log(f"API not reachable: will wait for {step} ({exc})")
+        host.log(f"API not reachable: will wait for {step}{_why(exc)}")
         yield command
         return
     try:
