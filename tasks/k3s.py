@@ -58,12 +58,14 @@ def _k3s_node(lab, role: str, unit: str) -> None:
         server_url=lab.api_url if role == "agent" else None,
         _sudo=True,
     )
-    k3s.service_running(name=f"k3s {role}: {unit} running", unit=unit, _sudo=True)
+    systemd.service(name=f"k3s {role}: {unit} running", service=unit, running=True, enabled=True, _sudo=True)
     # The installer restarts k3s itself; otherwise a new config or token needs a restart.
-    k3s.service_running(
+    systemd.service(
         name=f"k3s {role}: restart {unit} (configuration or token changed)",
-        unit=unit,
-        restart=True,
+        service=unit,
+        running=True,
+        restarted=True,
+        enabled=True,
         _if=lambda: (config.did_change() or token.did_change()) and not install.did_change(),
         _sudo=True,
     )

@@ -12,6 +12,7 @@ import re
 import subprocess
 
 import pytest
+from pyinfra.operations import systemd
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.exceptions import PyinfraError
@@ -281,7 +282,7 @@ STOPPED = {
 
 def test_service_started_when_inactive(harness):
     h = harness({"control": STOPPED})
-    meta = h.add(k3s.service_running, name="svc", unit="k3s")
+    meta = h.add(systemd.service, name="svc", service="k3s", running=True, enabled=True)
     h.run()
     assert meta.did_change()
     assert "systemctl start k3s.service" in h.commands()
@@ -289,7 +290,7 @@ def test_service_started_when_inactive(harness):
 
 def test_service_no_change_when_running(harness):
     h = harness({"control": ACTIVE})
-    meta = h.add(k3s.service_running, name="svc", unit="k3s")
+    meta = h.add(systemd.service, name="svc", service="k3s", running=True, enabled=True)
     assert not meta.will_change
     h.run()
     assert not meta.did_change()
@@ -300,7 +301,7 @@ def test_config_change_restarts_service(harness, lab):
 
     h = harness({"control": {**ACTIVE, **file_facts(K3S_CONFIG_PATH, b"old: config\n")}})
     config = h.add(k3s.config, name="cfg", lab=lab, vm="control")
-    restart = h.add(k3s.service_running, name="restart", unit="k3s", restart=True, _if=config.did_change)
+    restart = h.add(systemd.service, name="restart", service="k3s", running=True, restarted=True, enabled=True, _if=config.did_change)
     h.run()
     assert config.did_change() and restart.did_change()
     assert "systemctl restart k3s.service" in h.commands()
@@ -313,7 +314,7 @@ def test_unchanged_config_does_not_restart(harness, lab):
     rendered = render_k3s_config(lab, "control").encode()
     h = harness({"control": {**ACTIVE, **file_facts(K3S_CONFIG_PATH, rendered)}})
     config = h.add(k3s.config, name="cfg", lab=lab, vm="control")
-    restart = h.add(k3s.service_running, name="restart", unit="k3s", restart=True, _if=config.did_change)
+    restart = h.add(systemd.service, name="restart", service="k3s", running=True, restarted=True, enabled=True, _if=config.did_change)
     assert not config.will_change
     h.run()
     assert not config.did_change() and not restart.did_change()
@@ -390,7 +391,7 @@ def test_token_differs_remote_means_upload_and_restart(harness, lab, unmasked_lo
     tok = h.add(k3s.secret_file, name="token", path=K3S_TOKEN_PATH, content=local.cluster_token_source())
     assert "Will modify" in unmasked_logs.text and "content is secret, not shown" in unmasked_logs.text
     assert token not in unmasked_logs.text and "old-token-value" not in unmasked_logs.text
-    restart = h.add(k3s.service_running, name="restart", unit="k3s", restart=True, _if=tok.did_change)
+    restart = h.add(systemd.service, name="restart", service="k3s", running=True, restarted=True, enabled=True, _if=tok.did_change)
     h.run()
     assert h.uploads[0][2] == (token + "\n").encode()
     assert restart.did_change()

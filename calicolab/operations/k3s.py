@@ -19,7 +19,6 @@ import gevent
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, QuoteString, operation
 from pyinfra.api.util import format_text
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from calicolab.constants import K3S_CONFIG_PATH, K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
 from calicolab.facts.k3s import K3S_BIN, K3sApiReadyz, K3sNodes, K3sVersion, RewrittenFileSha256
@@ -208,45 +207,6 @@ def installed(version: str, role: str, install_url: str, server_url: str | None 
     elif state.config.DIFF:
         host.log(f"Will install k3s {version} ({role})", logger.info)
     yield StringCommand(command)
-
-
-@operation()
-def service_running(unit: str, restart: bool = False, enabled: bool = True):
-    """
-    Keep a k3s unit (``k3s`` / ``k3s-agent``) running and enabled; restart it on request.
-
-    + unit: systemd unit name, without ``.service``
-    + restart: restart the unit (combine with ``_if=`` on the config/token operations'
-      ``did_change`` so it only restarts when they changed in this run)
-    + enabled: also enable it at boot
-
-    **Example:**
-
-    .. code:: python
-
-        k3s.service_running(name="k3s running", unit="k3s", _sudo=True)
-        k3s.service_running(
-            name="Restart k3s (configuration changed)", unit="k3s", restart=True,
-            _if=cfg.did_change, _sudo=True,
-        )
-    """
-
-    service = f"{unit}.service"
-    active = host.get_fact(SystemdStatus, services=[service]).get(service)
-    is_enabled = host.get_fact(SystemdEnabled, services=[service]).get(service)
-
-    changed = False
-    if restart:
-        yield StringCommand("systemctl", "restart", QuoteString(service))
-        changed = True
-    elif not active:
-        yield StringCommand("systemctl", "start", QuoteString(service))
-        changed = True
-    if enabled and not is_enabled:
-        yield StringCommand("systemctl", "enable", QuoteString(service))
-        changed = True
-    if not changed:
-        host.noop(f"{service} is running")
 
 
 # --- waits --------------------------------------------------------------------------------
