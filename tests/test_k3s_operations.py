@@ -420,7 +420,7 @@ def test_api_ready_times_out_with_clear_error(harness, caplog):
         "if [ -x": "",  # the fact: k3s answers nothing yet (its command always exits 0)
         re.compile(r"^/usr/local/bin/k3s kubectl get --raw"): {"success": False, "stderr": "connection refused"},
     }})
-    meta = h.add(k3s.api_ready, name="api", timeout=0.2, interval=0.05)
+    meta = h.add(k3s.api_ready, name="api", timeout=0.2)
     assert meta.will_change
     h.run()
     assert meta.did_error()
@@ -433,7 +433,7 @@ def test_node_registered(harness):
     meta = h.add(k3s.node_registered, name="nodes", names=["control", "node1", "node2"], timeout=5)
     assert not meta.will_change
     h2 = harness({"control": {"get nodes -o name": ["node/control", "node/node1"]}})
-    meta2 = h2.add(k3s.node_registered, name="nodes", names=["control", "node1", "node2"], timeout=0.2, interval=0.05)
+    meta2 = h2.add(k3s.node_registered, name="nodes", names=["control", "node1", "node2"], timeout=0.2)
     assert meta2.will_change
     h2.run()
     assert meta2.did_error()

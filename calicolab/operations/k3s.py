@@ -15,13 +15,13 @@ import re
 import shlex
 import time
 
-import gevent
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, QuoteString, operation
 from pyinfra.api.util import format_text
 
 from calicolab.constants import K3S_CONFIG_PATH, K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
 from calicolab.facts.k3s import K3S_BIN, K3sApiReadyz, K3sNodes, K3sVersion, RewrittenFileSha256
+from calicolab.kube.waits import Check, Poller
 from calicolab.operations.tools import file_commands
 from calicolab.state import LabState, SecretSource, StateError, register_kubeconfig_secrets
 
@@ -222,34 +222,29 @@ def _run(host, *args, timeout: int = 30):
     return ok, stdout, stderr
 
 
-def _wait(check, what: str, timeout: int, interval: float = 3.0, report_every: float = 30.0):
-    """FunctionCommand body: poll ``check(host) -> (done, last_output)`` until done or timeout."""
+def _wait(check, what: str, timeout: int):
+    """FunctionCommand body: poll ``check(host) -> (done, last_output)`` until done or timeout
+    (the same backoff and progress lines as the Kubernetes waits)."""
 
     def wait(state, host):
-        start = time.monotonic()
-        last_report = start
-        last = ""
-        while True:
+        def probe() -> Check:
             try:
                 done, last = check(host)
             except Exception as e:  # connector hiccup: keep trying until the deadline
                 done, last = False, f"{type(e).__name__}: {e}"
-            if done:
-                host.log(f"{what}: ok after {int(time.monotonic() - start)}s")
-                return True
-            now = time.monotonic()
-            if now - start >= timeout:
-                host.log_styled(
-                    f"{what}: not reached within {timeout}s on {host.name}; last output: "
-                    f"{last[-500:] or '(none)'}",
-                    fg="red",
-                    log_func=logger.error,
-                )
-                return False
-            if now - last_report >= report_every:
-                host.log(f"{what}: still waiting ({int(now - start)}s/{timeout}s)")
-                last_report = now
-            gevent.sleep(interval)
+            return Check(done, last[-500:] or "(none)")
+
+        start = time.monotonic()
+        result = Poller(what, timeout, host.log).run(probe)
+        if result.done:
+            host.log(f"{what}: ok after {int(time.monotonic() - start)}s")
+            return True
+        host.log_styled(
+            f"{what}: not reached within {timeout}s on {host.name}; last output: {result.message}",
+            fg="red",
+            log_func=logger.error,
+        )
+        return False
 
     wait.__name__ = f"wait_{re.sub(r'[^a-z0-9]+', '_', what.lower()).strip('_')}"
     return wait
@@ -261,12 +256,11 @@ def _readyz(host):
 
 
 @operation(is_idempotent=True)
-def api_ready(timeout: int = 300, interval: float = 3.0):
+def api_ready(timeout: int = 300):
     """
     Wait until the k3s API server answers ``/readyz`` with ``ok`` (run on the server).
 
     + timeout: seconds before the operation fails (naming the host and the last answer)
-    + interval: seconds between checks
 
     No change when the API is already ready.
 
@@ -282,7 +276,7 @@ def api_ready(timeout: int = 300, interval: float = 3.0):
         return
     if not state.is_executing:
         host.log(f"will wait up to {timeout}s for the k3s API to be ready")
-    yield FunctionCommand(_wait(_readyz, "k3s API /readyz", timeout, interval), (), {})
+    yield FunctionCommand(_wait(_readyz, "k3s API /readyz", timeout), (), {})
 
 
 def _nodes_check(names):
@@ -300,7 +294,7 @@ def _nodes_check(names):
 
 
 @operation()
-def node_registered(names: list[str], timeout: int = 300, interval: float = 3.0):
+def node_registered(names: list[str], timeout: int = 300):
     """
     Wait until the named nodes are registered in the cluster (run on the server).
 
@@ -323,7 +317,7 @@ def node_registered(names: list[str], timeout: int = 300, interval: float = 3.0)
         return
     if not state.is_executing:
         host.log(f"will wait up to {timeout}s for node(s) to register: {', '.join(missing)}")
-    yield FunctionCommand(_wait(_nodes_check(names), f"nodes {', '.join(names)} registered", timeout, interval), (), {})
+    yield FunctionCommand(_wait(_nodes_check(names), f"nodes {', '.join(names)} registered", timeout), (), {})
 
 
 # --- kubeconfig -----------------------------------------------------------------------------
