@@ -22,11 +22,10 @@ from pyinfra.api.util import format_text
 from calicolab.constants import K3S_CONFIG_PATH, K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
 from calicolab.facts.k3s import K3S_BIN, K3sApiReadyz, K3sNodes, K3sVersion, RewrittenFileSha256
 from calicolab.kube.waits import Check, Poller
-from calicolab.operations.tools import file_commands
+from calicolab.operations.tools import fail_with, file_commands
 from calicolab.state import LabState, SecretSource, StateError, register_kubeconfig_secrets
 
 ROLES = ("server", "agent")
-UNITS = {"server": "k3s", "agent": "k3s-agent"}
 
 
 # --- pure helpers (unit-tested) ---------------------------------------------------------
@@ -87,14 +86,6 @@ def _as_source(content) -> SecretSource:
     raise TypeError("secret_file content must be a SecretSource or a callable (never the secret itself)")
 
 
-def _fail(message: str):
-    def fail(state, host):
-        host.log_styled(message, fg="red", log_func=logger.error)
-        return False
-
-    return fail
-
-
 # --- secrets ----------------------------------------------------------------------------
 
 
@@ -130,13 +121,13 @@ def secret_file(path: str, content, mode: str = "0600", user: str = "root", grou
         try:
             data = source.ensure()
         except (StateError, OSError) as e:
-            yield FunctionCommand(_fail(f"{source.description} for {path}: {e}"), (), {})
+            yield FunctionCommand(fail_with(f"{source.description} for {path}: {e}"), (), {})
             return
     else:
         data = source.peek()
         if data is None:
             host.log(f"{source.missing or 'will create ' + source.description}; will upload it to {path}")
-            yield FunctionCommand(_fail(f"{source.description} is not available"), (), {})
+            yield FunctionCommand(fail_with(f"{source.description} is not available"), (), {})
             return
 
     yield from file_commands(path, data, mode=mode, user=user, group=group, show_diff=False)

@@ -127,7 +127,7 @@ def file_commands(
     mode_int = int(mode, 8)
     remote = host.get_fact(File, path=dest)
     if remote is False:
-        yield FunctionCommand(_fail(f"{dest} exists on {host.name} and is not a regular file"), (), {})
+        yield FunctionCommand(fail_with(f"{dest} exists on {host.name} and is not a regular file"), (), {})
         return
 
     if remote:
@@ -253,7 +253,9 @@ def _install_binary(state, host, tool, url, sha256_url, filename, dest, version,
     return True
 
 
-def _fail(message: str) -> Callable:
+def fail_with(message: str) -> Callable:
+    """A FunctionCommand body that logs ``message`` in red and fails the operation cleanly."""
+
     def fail(state, host):
         host.log_styled(message, fg="red", log_func=logger.error)
         return False
@@ -304,10 +306,10 @@ def binary(tool: str, url: str, sha256_url: str, dest: str, version: str, mode: 
     if arch is None:
         if not state.is_executing:
             host.log(f"{tool}: architecture not known yet (VM not inspectable); assuming {version} will be installed")
-            yield FunctionCommand(_fail(f"{tool}: unknown architecture"), (), {})
+            yield FunctionCommand(fail_with(f"{tool}: unknown architecture"), (), {})
             return
         yield FunctionCommand(
-            _fail(f"{tool}: unsupported architecture {machine!r} on {host.name} (need x86_64 or aarch64)"),
+            fail_with(f"{tool}: unsupported architecture {machine!r} on {host.name} (need x86_64 or aarch64)"),
             (),
             {},
         )
