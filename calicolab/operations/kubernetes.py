@@ -123,17 +123,6 @@ def _apply_now(state, host, manifest_yaml: str, lab, manifest: str) -> bool:
         return _error(host, step, exc)
     try:
         host.log(f"{step}: {len(objects)} object(s) via {api.description}")
-        # re-evaluated now: flag install-time-only pool edits in the real run too
-        for obj in objects:
-            if obj.get("kind") == "Installation":
-                meta = obj.get("metadata") or {}
-                try:
-                    live = api.get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-                except KubeError:
-                    live = None
-                changes = pool_changes(live, obj)
-                if changes:
-                    _log_pool_warning(host, changes)
         result = apply_objects(api, objects, log=lambda message: host.log(f"  {message}"))
     except ApplyFailed as exc:
         return _error(host, f"{step} ({exc.ref})", f"{exc.cause} [{exc.result.summary()}]")
@@ -175,7 +164,7 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
         api.close()
 
     pool = _installation_pool_changes(plans)
-    if pool and not state.is_executing:  # the real run flags it again in _apply_now
+    if pool:  # the body runs in planning and again in execution: both the dry and the real run flag it
         _log_pool_warning(host, pool)
     first_look = not (state.is_executing and state.should_check_for_changes())  # once per run
     for plan in plans:
