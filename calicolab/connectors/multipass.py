@@ -188,6 +188,18 @@ class MultipassConnector(BaseConnector):
             return None
         return not_running_message(self.instance, state)
 
+    def _carry(self, argv: list[str], what: str, stdin: bytes | None = None, timeout=None) -> bytes | None:
+        """Run a ``multipass exec`` that carries a file's bytes; its stdout, or None (logged) on failure."""
+        try:
+            result = mp.run_process(argv, stdin=stdin, timeout=self._exec_timeout(timeout))
+        except TimeoutError as e:
+            self.host.log(f"{what} timed out: {e}", log_func=logger.error)
+            return None
+        if result.returncode != 0:
+            self.host.log(f"{what} failed: {mp.clean_message(result.stdout, result.stderr)}", log_func=logger.error)
+            return None
+        return result.stdout
+
     # --- connector API -------------------------------------------------------------------------
 
     @override
@@ -303,16 +315,7 @@ class MultipassConnector(BaseConnector):
         )
         if print_input:
             echo(f"{self.host.print_prefix}>>> upload {len(data)} bytes to {remote_filename}", err=True)
-        try:
-            result = mp.run_process(upload, stdin=data, timeout=self._exec_timeout(None))
-        except TimeoutError as e:
-            self.host.log(f"upload of {remote_filename} timed out: {e}", log_func=logger.error)
-            return False
-        if result.returncode != 0:
-            self.host.log(
-                f"upload of {remote_filename} failed: {mp.clean_message(result.stdout, result.stderr)}",
-                log_func=logger.error,
-            )
+        if self._carry(upload, f"upload of {remote_filename}", stdin=data, timeout=None) is None:
             return False
 
         # cp (not mv): a new target belongs to the (sudo) user, an existing one keeps owner and mode.
@@ -351,8 +354,9 @@ class MultipassConnector(BaseConnector):
         **arguments: Unpack["ConnectorArguments"],
     ) -> bool:
         """
-        Download a file: ``multipass exec NAME -- sh -c 'sudo -H -n cat PATH'`` (``cat`` without sudo
-        unless the operation asks for it or sets another user), binary-safe.
+        Download a file: ``multipass exec NAME -- sh -c 'sudo -H -n cat PATH'``, binary-safe. sudo is
+        the default (root-only files are the common case) unless the operation sets sudo, su, doas or
+        dzdo itself.
         """
         if self._phantom():
             return True
@@ -370,25 +374,17 @@ class MultipassConnector(BaseConnector):
         argv = mp.exec_argv(self.multipass_bin, self.instance, unix_command.get_raw_value())
         if print_input:
             echo(f"{self.host.print_prefix}>>> {unix_command}", err=True)
-        try:
-            result = mp.run_process(argv, timeout=self._exec_timeout(control.get("_timeout")))
-        except TimeoutError as e:
-            self.host.log(f"download of {remote_filename} timed out: {e}", log_func=logger.error)
-            return False
-        if result.returncode != 0:
-            self.host.log(
-                f"download of {remote_filename} failed: {mp.clean_message(result.stdout, result.stderr)}",
-                log_func=logger.error,
-            )
+        content = self._carry(argv, f"download of {remote_filename}", timeout=control.get("_timeout"))
+        if content is None:
             return False
 
         if isinstance(filename_or_io, str):
             with open(filename_or_io, "wb") as file_io:
-                file_io.write(result.stdout)
+                file_io.write(content)
         elif isinstance(filename_or_io, io.TextIOBase):
-            filename_or_io.write(result.stdout.decode("utf-8", "replace"))
+            filename_or_io.write(content.decode("utf-8", "replace"))
         else:
-            filename_or_io.write(result.stdout)
+            filename_or_io.write(content)
 
         if print_output:
             echo(f"{self.host.print_prefix}file downloaded: {remote_filename}", err=True)
