@@ -22,7 +22,8 @@ from pyinfra.api.util import format_text
 from calicolab.constants import K3S_CONFIG_PATH, K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
 from calicolab.facts.k3s import K3S_BIN, K3sApiReadyz, K3sNodes, K3sVersion, RewrittenFileSha256
 from calicolab.kube.waits import Check, Poller
-from calicolab.operations.tools import fail_with, file_commands
+from calicolab.operations.common import fail_with
+from calicolab.operations.tools import file_commands
 from calicolab.state import LabState, SecretSource, StateError, register_kubeconfig_secrets
 
 ROLES = ("server", "agent")

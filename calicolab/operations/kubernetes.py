@@ -36,6 +36,7 @@ from calicolab.kube.apply import (
     pool_changes,
 )
 from calicolab.kube.client import KubeApi, KubeError, connect, object_ref
+from calicolab.operations.common import print_once
 
 #: seconds a single curl may take in http_answers
 CURL_MAX_TIME = 5
@@ -166,7 +167,7 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
     pool = _installation_pool_changes(plans)
     if pool:  # the body runs in planning and again in execution: both the dry and the real run flag it
         _log_pool_warning(host, pool)
-    first_look = not (state.is_executing and state.should_check_for_changes())  # once per run
+    first_look = print_once()
     for plan in plans:
         if plan.action == "conflict" and first_look:
             host.log_styled(plan.note, fg="red", log_func=logger.warning)

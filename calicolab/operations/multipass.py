@@ -25,6 +25,7 @@ from calicolab.facts.multipass import (
     CloudInitUserDataHash,
     MultipassInstances,
 )
+from calicolab.operations.common import print_once
 
 DEFAULT_LAUNCH_TIMEOUT = 900
 CLOUD_INIT_POLL = 5
@@ -39,17 +40,7 @@ def _bin(multipass_bin: str | None) -> str:
 
 
 def _log(message: str, error: bool = False, warning: bool = False) -> None:
-    log = getattr(host, "log", None)
-    func = logger.error if error else logger.warning if warning else logger.info
-    if log is not None:
-        log(message, log_func=func)
-    else:  # pyinfra-testing's FakeHost has no log()
-        func(message)
-
-
-def _print_once() -> bool:
-    """True once per run: in Prepare, or in Execute when Prepare skipped change detection (-y)."""
-    return not (state.is_executing and state.should_check_for_changes())
+    host.log(message, log_func=logger.error if error else logger.warning if warning else logger.info)
 
 
 def _workstation_instances(multipass_bin: str) -> dict[str, Any]:
@@ -187,7 +178,7 @@ def _instances_commands(specs: list[mp.InstanceSpec], present, running, multipas
     if not state.is_executing:  # at execution time _fail reports them
         for name, problem in plan.errors.items():
             _log(problem, error=True)
-    if _print_once():
+    if print_once():
         for name in plan.launch:
             _log(f"{name} will be launched ({by_name[name].image}, {by_name[name].cpus} CPU, "
                  f"{by_name[name].memory} memory, {by_name[name].disk} disk)")
@@ -317,7 +308,7 @@ def absent(names: Iterable[str], multipass_bin: str | None = None):
     if not existing:
         host.noop(f"no instance among {', '.join(names)} exists")
         return
-    if _print_once():
+    if print_once():
         for name in existing:
             _log(f"{name} ({current[name]['state']}) will be deleted and purged")
     yield FunctionCommand(_run_each, ("delete", existing, multipass_bin, 300), {})
@@ -447,7 +438,7 @@ def user_data_current(user_data: str):
     if stored is None or stored == wanted:
         host.noop("user-data unchanged" if stored else "no stored user-data yet")
         return
-    if _print_once():
+    if print_once():
         _log(
             f"{host.name} was created from a different cloud-init user-data than the current settings "
             "render; cloud-init only runs on first boot, so the change is NOT applied. To apply it, "

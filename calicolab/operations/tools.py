@@ -10,7 +10,6 @@ import io
 import posixpath
 import re
 import shlex
-from typing import Callable
 
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, QuoteString, operation
@@ -20,6 +19,7 @@ from pyinfra.facts.server import Arch
 from pyinfra.operations.util.files import generate_color_diff
 
 from calicolab.facts.k3s import ToolVersion
+from calicolab.operations.common import fail_with, print_once
 
 #: ``uname -m`` → the architecture name used in kubectl / calicoctl download URLs.
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -101,12 +101,6 @@ def _stdout_text(output) -> str:
 # --- managed files ----------------------------------------------------------------------
 
 
-def _print_once() -> bool:
-    """Whether to print a diff now: in Prepare, or in Execute when Prepare was skipped (-y)."""
-
-    return not (state.is_executing and state.should_check_for_changes())
-
-
 def file_commands(
     dest: str,
     content: bytes,
@@ -145,7 +139,7 @@ def file_commands(
         host.noop(f"{dest} is up to date")
         return
 
-    if state.config.DIFF and _print_once():
+    if state.config.DIFF and print_once():
         verb = "modify" if remote else "create"
         if not show_diff:
             if not content_same:
@@ -253,16 +247,6 @@ def _install_binary(state, host, tool, url, sha256_url, filename, dest, version,
     return True
 
 
-def fail_with(message: str) -> Callable:
-    """A FunctionCommand body that logs ``message`` in red and fails the operation cleanly."""
-
-    def fail(state, host):
-        host.log_styled(message, fg="red", log_func=logger.error)
-        return False
-
-    return fail
-
-
 @operation()
 def binary(tool: str, url: str, sha256_url: str, dest: str, version: str, mode: str = "0755"):
     """
@@ -318,7 +302,7 @@ def binary(tool: str, url: str, sha256_url: str, dest: str, version: str, mode: 
     real_url = format_url(url, version, arch)
     real_sha_url = format_url(sha256_url, version, arch)
     filename = posixpath.basename(real_url)
-    if state.config.DIFF and _print_once():
+    if state.config.DIFF and print_once():
         host.log(
             f"Will {'upgrade' if installed else 'install'} {tool} "
             f"{installed + ' -> ' if installed else ''}{version} ({real_url}) at {dest}",
