@@ -18,6 +18,7 @@ import ipaddress
 import re
 import runpy
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -113,6 +114,12 @@ def load_defaults(path: Path = GROUP_DATA_ALL) -> dict[str, Any]:
         for key, value in namespace.items()
         if not key.startswith("_") and not callable(value) and not isinstance(value, type(re))
     }
+
+
+@lru_cache(maxsize=1)
+def _group_data_keys() -> frozenset[str]:
+    """The setting names of group_data/all.py (read once per process, not per host)."""
+    return frozenset(load_defaults())
 
 
 class _Checker:
@@ -366,7 +373,6 @@ def _check_unknown_keys(check: _Checker, data: Mapping[str, Any], known: set[str
 def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     """Convert and validate ``data`` (group_data plus overrides); raise ``LabConfigError`` listing every problem."""
     check = _Checker(data)
-    defaults = load_defaults()
     s: dict[str, Any] = {}
 
     s["ubuntu_image"] = check.pattern("ubuntu_image", _UBUNTU_IMAGE, "a Multipass image alias such as 24.04, 22.04 or noble")
@@ -415,7 +421,7 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     for key in ("lab_ips", "mgmt_ips", "vm_cpus", "vm_memory", "vm_disk"):
         s[key] = data.get(key)
     lab_network, mgmt_network = _check_networks(check, s, data)
-    _check_unknown_keys(check, data, set(defaults) | set(s))
+    _check_unknown_keys(check, data, _group_data_keys() | set(s))
 
     if check.problems:
         raise LabConfigError(check.problems)
