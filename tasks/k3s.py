@@ -34,9 +34,6 @@ from calicolab.state import LabState, install_secret_filter
 KUBECTL_PATH = "/usr/local/bin/kubectl"
 CALICOCTL_PATH = "/usr/local/bin/calicoctl"
 
-# Used until group_data/all.py has these keys.
-DEFAULT_KUBECTL_SHA256_URL = "https://dl.k8s.io/release/{version}/bin/linux/{arch}/kubectl.sha256"
-DEFAULT_CALICOCTL_SHA256_URL = "https://github.com/projectcalico/calico/releases/download/{version}/SHA256SUMS"
 
 
 def _k3s_node(lab, role: str, unit: str) -> None:
@@ -127,7 +124,7 @@ def client(lab=None) -> None:
         name=f"host1: kubectl {lab.kubectl_version}",
         tool="kubectl",
         url=lab.kubectl_url,
-        sha256_url=getattr(lab, "kubectl_sha256_url", DEFAULT_KUBECTL_SHA256_URL),
+        sha256_url=lab.kubectl_sha256_url,
         dest=KUBECTL_PATH,
         version=lab.kubectl_version,
         _sudo=True,
@@ -136,7 +133,7 @@ def client(lab=None) -> None:
         name=f"host1: calicoctl {lab.calicoctl_version}",
         tool="calicoctl",
         url=lab.calicoctl_url,
-        sha256_url=getattr(lab, "calicoctl_sha256_url", DEFAULT_CALICOCTL_SHA256_URL),
+        sha256_url=lab.calicoctl_sha256_url,
         dest=CALICOCTL_PATH,
         version=lab.calicoctl_version,
         _sudo=True,
