@@ -35,7 +35,6 @@ KUBECTL_PATH = "/usr/local/bin/kubectl"
 CALICOCTL_PATH = "/usr/local/bin/calicoctl"
 
 
-
 def _k3s_node(lab, role: str, unit: str) -> None:
     """Token file, config, install and service for the current VM (server or agent)."""
 
