@@ -5,6 +5,9 @@ SERVER = "control"
 AGENTS = ("node1", "node2")
 CLIENT = "host1"
 
+# cloud-init: sha256 of the user-data as calicolab rendered it, written by that user-data itself
+USER_DATA_FINGERPRINT_PATH = "/etc/calicolab/user-data.sha256"
+
 # k3s
 K3S_CONFIG_PATH = "/etc/rancher/k3s/config.yaml"
 K3S_TOKEN_PATH = "/etc/rancher/k3s/calicolab-token"

@@ -15,7 +15,6 @@ Shapes and messages follow Multipass 1.16 (lab-facts.md §11):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import gevent
-import yaml
 from gevent import subprocess as gsubprocess
 
 # --- constants -------------------------------------------------------------------------------
@@ -318,23 +316,6 @@ def parse_cloud_init_status(lines: Iterable[str]) -> dict[str, Any] | None:
         return None
     result["detail"] = "\n".join(detail_lines)
     return result
-
-
-def user_data_digest(text: str) -> str:
-    """sha256 of cloud-init user-data, insensitive to Multipass' YAML re-serialisation.
-
-    The Multipass client loads the YAML and dumps it again (comments, quoting and key layout change),
-    so comparing raw bytes would always report drift. Both sides are loaded with ``yaml.BaseLoader``
-    (every scalar stays a string: ``'1300'`` and ``1300`` compare equal) and dumped as canonical
-    JSON. Text that is not YAML is hashed as-is.
-    """
-    text = text.rstrip("\n") + "\n"  # pyinfra hands facts their output without the final newline
-    try:
-        data = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds plain objects
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    except yaml.YAMLError:
-        canonical = text
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 # --- error classification -------------------------------------------------------------------

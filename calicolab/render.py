@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import shlex
@@ -77,13 +78,28 @@ def cluster_dns(lab: Lab) -> str:
     return str(lab.service_cidr.network_address + 10)
 
 
-def render_cloud_init(lab: Lab, name: str) -> str:
-    """The cloud-init user-data for one VM: the shared base plus its role's part."""
+def _cloud_init(lab: Lab, name: str, fingerprint: str | None) -> str:
     vm = lab.vms[name]
     network = {
         "addresses": [f"{vm.lab_ip}/{lab.lab_prefix}", f"{vm.mgmt_ip}/{lab.mgmt_prefix}"],
     }
-    return _render("cloud-init/user-data.yaml.j2", vm=vm, network=network, **_context(lab))
+    return _render("cloud-init/user-data.yaml.j2", vm=vm, network=network, fingerprint=fingerprint, **_context(lab))
+
+
+def cloud_init_fingerprint(lab: Lab, name: str) -> str:
+    """sha256 (hex) of one VM's user-data rendered WITHOUT its fingerprint entry.
+
+    ``render_cloud_init`` writes this value to ``USER_DATA_FINGERPRINT_PATH`` in the VM, so a VM
+    tells which settings it was built from, whatever Multipass added to the user-data on its way.
+
+    Example: ``cloud_init_fingerprint(lab, "node1")`` -> ``"3f1c…"`` (64 hex digits)
+    """
+    return hashlib.sha256(_cloud_init(lab, name, None).encode("utf-8")).hexdigest()
+
+
+def render_cloud_init(lab: Lab, name: str) -> str:
+    """The cloud-init user-data for one VM: the shared base plus its role's part, and its fingerprint."""
+    return _cloud_init(lab, name, cloud_init_fingerprint(lab, name))
 
 
 def render_k3s_config(lab: Lab, name: str) -> str:

@@ -5,8 +5,9 @@ Call ``vms_running(lab)`` from the deploy on every host (it picks what to do per
 1. on the workstation (``@local``): launch the missing VMs in parallel with their rendered
    cloud-init, start stopped ones (one operation for all four);
 2. a barrier, so no VM operation starts before that;
-3. on each VM: wait for cloud-init, then warn if the VM was created from a different user-data
-   (cloud-init only runs on first boot; recreating is left to the user).
+3. on each VM: wait for cloud-init, then warn if the VM was created from a different user-data,
+   judged by the fingerprint calicolab's user-data wrote into it (cloud-init only runs on first
+   boot; recreating is left to the user).
 """
 
 from pyinfra import host
@@ -15,7 +16,7 @@ from calicolab.model import lab_for_host
 from calicolab.multipass import InstanceSpec
 from calicolab.operations import multipass
 from calicolab.operations.barrier import barrier
-from calicolab.render import render_cloud_init
+from calicolab.render import cloud_init_fingerprint, render_cloud_init
 
 
 def is_workstation(current_host) -> bool:
@@ -57,5 +58,5 @@ def vms_running(lab=None) -> None:
         )
         multipass.user_data_current(
             name="VM created from the current cloud-init",
-            user_data=render_cloud_init(lab, host.name),
+            fingerprint=cloud_init_fingerprint(lab, host.name),
         )

@@ -8,11 +8,12 @@ from pyinfra.api.exceptions import FactProcessError
 
 from calicolab import multipass as mp
 from calicolab.facts.multipass import (
+    FINGERPRINT_MISSING,
     CloudInitStatus,
     CloudInitStatusLong,
-    CloudInitUserDataHash,
     MultipassInstanceInfo,
     MultipassInstances,
+    UserDataFingerprint,
 )
 
 DATA = Path(__file__).parent / "data" / "multipass"
@@ -234,26 +235,27 @@ def test_cloud_init_status_command_always_exits_zero(tmp_path):
     assert CloudInitStatus().requires_command() == "cloud-init"
 
 
-def test_user_data_hash_survives_multipass_reserialisation():
-    stored = CloudInitUserDataHash().process(lines("user_data_multipass.txt"))
-    rendered = (DATA / "user_data_rendered.yaml").read_text()
-    assert stored == mp.user_data_digest(rendered)
-    changed = rendered.replace("bird2", "bird3")
-    assert stored != mp.user_data_digest(changed)
-
-
-def test_user_data_hash_command(tmp_path):
+def test_user_data_fingerprint_fact_reads_the_file_and_tells_missing_from_not_yet(tmp_path):
     import subprocess
 
-    fact = CloudInitUserDataHash()
-    missing = subprocess.run(fact.command(path=str(tmp_path / "nope")), shell=True, capture_output=True)
-    assert (missing.returncode, missing.stdout) == (0, b"")
-    assert fact.default() is None
-    target = tmp_path / "user-data.txt"
-    target.write_text("#cloud-config\npackages: [x]\n")
-    present = subprocess.run(fact.command(path=str(target)), shell=True, capture_output=True, text=True)
-    assert fact.process(present.stdout.splitlines()) == mp.user_data_digest("packages: [x]")
-    assert "/var/lib/cloud/instance/user-data.txt" in fact.command()
+    fact = UserDataFingerprint()
+    target = tmp_path / "user-data.sha256"
+
+    def run(command):
+        result = subprocess.run(command, shell=True, capture_output=True, text=True)
+        assert result.returncode == 0
+        return fact.process(result.stdout.splitlines())
+
+    finished = tmp_path / "boot-finished"
+    command = fact.command(path=str(target), boot_finished=str(finished))
+    assert run(command) is None, "first boot not finished: nothing to judge yet"
+    finished.touch()
+    assert run(command) == FINGERPRINT_MISSING, "finished without the file: an older VM"
+    target.write_text("ab" * 32 + "\n")
+    assert run(command) == "ab" * 32
+    assert fact.command().startswith("if [ -f /etc/calicolab/user-data.sha256 ]")
+    assert "boot-finished" in fact.command() and FINGERPRINT_MISSING in fact.command()
+    assert fact.process([FINGERPRINT_MISSING]) == FINGERPRINT_MISSING
 
 
 # --- error classification ------------------------------------------------------------------------

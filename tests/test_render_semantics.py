@@ -12,7 +12,15 @@ import yaml
 
 from calicolab.constants import K3S_TOKEN_PATH, VM_NAMES
 from calicolab.model import Lab, load_lab
-from calicolab.render import quote, render_all, render_bird_conf, render_cloud_init, render_k3s_config, render_manifest
+from calicolab.render import (
+    cloud_init_fingerprint,
+    quote,
+    render_all,
+    render_bird_conf,
+    render_cloud_init,
+    render_k3s_config,
+    render_manifest,
+)
 
 
 def documents(text):
@@ -39,6 +47,26 @@ def test_cloud_init_carries_the_vms_addresses_and_all_host_names(lab, name):
     assert {"198.19.0.1 control", "198.19.0.2 node1", "198.19.0.3 node2", "198.19.15.254 host1"} <= lines
     # manage_etc_hosts regenerates /etc/hosts from the template on every boot: that is what makes the names stick.
     assert user_data["manage_etc_hosts"] is True
+
+
+@pytest.mark.parametrize("name", VM_NAMES)
+def test_cloud_init_writes_the_sha256_of_itself_without_the_fingerprint_entry(lab, name):
+    import hashlib
+
+    text = render_cloud_init(lab, name)
+    user_data = yaml.safe_load(text)
+    entry = write_file(user_data, "/etc/calicolab/user-data.sha256")
+    fingerprint = entry["content"].strip()
+    assert fingerprint == cloud_init_fingerprint(lab, name)
+    # the same document with that entry (and its comment) taken out is what was hashed
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if "/etc/calicolab/user-data.sha256" in line) - 1
+    without = "".join(lines[:start] + lines[start + 4:])
+    assert yaml.safe_load(without)["write_files"] == [f for f in user_data["write_files"] if f is not entry]
+    assert hashlib.sha256(without.encode()).hexdigest() == fingerprint
+    changed = Lab(settings=lab.settings | {"tcp_mss": 1200}, vms=lab.vms, state_path=lab.state_path,
+                  lab_network=lab.lab_network, mgmt_network=lab.mgmt_network)
+    assert cloud_init_fingerprint(changed, name) != fingerprint
 
 
 @pytest.mark.parametrize("name", VM_NAMES)
@@ -206,7 +234,12 @@ SECRET_PATTERNS = [
 
 
 def test_no_secret_in_any_rendered_file(lab):
+    # each user-data carries its own sha256 fingerprint: a digest of public text, no secret
+    fingerprints = {f"cloud-init/{name}.yaml": cloud_init_fingerprint(lab, name) for name in lab.vms}
     for path, text in render_all(lab).items():
+        if path in fingerprints:
+            assert text.count(fingerprints[path]) == 1
+            text = text.replace(fingerprints[path], "")
         for pattern in SECRET_PATTERNS:
             assert not re.search(pattern, text, re.MULTILINE | re.IGNORECASE), f"{pattern} in {path}"
 

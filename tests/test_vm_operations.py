@@ -22,6 +22,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from calicolab import multipass as mp
 from calicolab.operations import barrier as barrier_module
+from calicolab.facts.multipass import FINGERPRINT_MISSING
 from calicolab.operations import multipass as ops
 
 DATA = Path(__file__).parent / "data" / "multipass"
@@ -269,22 +270,27 @@ def test_wait_cloud_init_times_out_naming_vm_and_status(monkeypatch):
     assert "cloud-init in host1 not done after 0s (last status: running)" in host.logs[-1]
 
 
-def test_user_data_drift_warns_never_recreates(caplog):
-    rendered = (DATA / "user_data_rendered.yaml").read_text()
-    same = FakeHost({"CloudInitUserDataHash": mp.user_data_digest(rendered)}, name="node1")
-    assert run_body(ops.user_data_current, same, user_data=rendered) == []
+def test_user_data_drift_is_judged_by_the_fingerprint_and_warns_never_recreates():
+    wanted = "ab" * 32
+    same = FakeHost({"UserDataFingerprint": wanted}, name="node1")
+    assert run_body(ops.user_data_current, same, fingerprint=wanted) == []
     assert same.logs == [] and same.noops == ["user-data unchanged"]
-    assert same.fact_calls == [("CloudInitUserDataHash", {"_sudo": True})]
 
-    drifted = FakeHost({"CloudInitUserDataHash": mp.user_data_digest("packages: [other]")}, name="node1")
-    assert run_body(ops.user_data_current, drifted, user_data=rendered) == []
+    drifted = FakeHost({"UserDataFingerprint": "cd" * 32}, name="node1")
+    assert run_body(ops.user_data_current, drifted, fingerprint=wanted) == []
     (warning,) = drifted.logs
     assert "node1 was created from a different cloud-init user-data" in warning
     assert "pyinfra inventory.py teardown.py --limit node1" in warning
     assert "multipass delete --purge node1" in warning
 
-    phantom = FakeHost({"CloudInitUserDataHash": None}, name="node1")
-    assert run_body(ops.user_data_current, phantom, user_data=rendered) == []
+    older = FakeHost({"UserDataFingerprint": FINGERPRINT_MISSING}, name="node1")
+    assert run_body(ops.user_data_current, older, fingerprint=wanted) == []
+    (note,) = older.logs
+    assert "node1 has no calicolab fingerprint (/etc/calicolab/user-data.sha256)" in note
+    assert "teardown.py --limit node1" in note and "different cloud-init" not in note
+
+    phantom = FakeHost({"UserDataFingerprint": None}, name="node1")
+    assert run_body(ops.user_data_current, phantom, fingerprint=wanted) == []
     assert phantom.logs == []
 
 
@@ -482,6 +488,7 @@ def test_tasks_vms_builds_specs_and_calls_ops(monkeypatch):
     model.lab_for_host = lambda host: lab
     render = types.ModuleType("calicolab.render")
     render.render_cloud_init = lambda lab, name: f"#cloud-config\nhostname: {name}\n"
+    render.cloud_init_fingerprint = lambda lab, name: f"fingerprint of {name}"
     try:
         import calicolab.model  # noqa: F401
     except ImportError:
@@ -494,6 +501,7 @@ def test_tasks_vms_builds_specs_and_calls_ops(monkeypatch):
     import tasks.vms as vms
 
     monkeypatch.setattr(vms, "render_cloud_init", render.render_cloud_init)
+    monkeypatch.setattr(vms, "cloud_init_fingerprint", render.cloud_init_fingerprint)
     specs = vms.vm_specs(lab)
     assert specs[0] == mp.InstanceSpec("control", "24.04", 2, "2G", "10G", "#cloud-config\nhostname: control\n")
 
@@ -513,4 +521,4 @@ def test_tasks_vms_builds_specs_and_calls_ops(monkeypatch):
         vms.vms_running(lab)
     assert [c[0] for c in calls] == ["barrier", "cloud_init_done", "user_data_current"]
     assert calls[0][1] == {"name": "── phase: VMs running ──"}
-    assert calls[2][1]["user_data"] == "#cloud-config\nhostname: node1\n"
+    assert calls[2][1]["fingerprint"] == "fingerprint of node1"

@@ -14,8 +14,12 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from calicolab import multipass as mp
+from calicolab.constants import USER_DATA_FINGERPRINT_PATH
 
-USER_DATA_PATH = "/var/lib/cloud/instance/user-data.txt"
+#: cloud-init writes it when the first boot's modules have all run
+BOOT_FINISHED_PATH = "/var/lib/cloud/instance/boot-finished"
+#: ``UserDataFingerprint`` of a VM whose cloud-init finished without writing a fingerprint
+FINGERPRINT_MISSING = "no-calicolab-fingerprint"
 
 
 class _JsonFact(FactBase):
@@ -164,23 +168,34 @@ class CloudInitStatusLong(CloudInitStatus):
         return parsed
 
 
-class CloudInitUserDataHash(FactBase):
+class UserDataFingerprint(FactBase):
     """
-    Returns the sha256 of the user-data cloud-init used when the VM was created
-    (``/var/lib/cloud/instance/user-data.txt``), or ``None`` if there is none.
+    Returns the fingerprint calicolab's user-data wrote into the VM (``USER_DATA_FINGERPRINT_PATH``:
+    sha256 of the user-data as rendered, see ``calicolab.render.cloud_init_fingerprint``):
 
-    The digest is :func:`calicolab.multipass.user_data_digest`: the YAML content, normalised so that
-    Multipass' re-serialisation of the user-data (comments, quoting) is not drift. Compare it with
-    ``user_data_digest(rendered_text)``. The file is root-only: call with ``_sudo=True``.
+    * the 64 hex digits, when the file is there;
+    * ``FINGERPRINT_MISSING`` when cloud-init has finished but the file is not there (a VM created
+      before calicolab wrote fingerprints, or from another user-data);
+    * ``None`` while there is nothing to judge yet (VM not running, first boot not finished).
+
+    What Multipass adds to the user-data on its way into the VM does not change this value.
+
+    .. code:: python
+
+        "ddfe5587a7d8a0f03ec225708013d299a1f57c6865c19fbcbe346af7941107fd"
     """
 
     abstract = False
 
     @override
-    def command(self, path: str = USER_DATA_PATH) -> str:
+    def command(self, path: str = USER_DATA_FINGERPRINT_PATH, boot_finished: str = BOOT_FINISHED_PATH) -> str:
         quoted = shlex.quote(path)
-        return f"if [ -f {quoted} ]; then cat {quoted}; fi"
+        return (
+            f"if [ -f {quoted} ]; then cat {quoted}; "
+            f"elif [ -e {shlex.quote(boot_finished)} ]; then echo {FINGERPRINT_MISSING}; fi"
+        )
 
     @override
     def process(self, output) -> Any:
-        return mp.user_data_digest("\n".join(output))
+        text = "\n".join(output).strip()
+        return text or None

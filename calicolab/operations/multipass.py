@@ -20,10 +20,12 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from calicolab import multipass as mp
 from calicolab.connectors.multipass import NOT_RUNNING_MARKER
+from calicolab.constants import USER_DATA_FINGERPRINT_PATH
 from calicolab.facts.multipass import (
+    FINGERPRINT_MISSING,
     CloudInitStatus,
-    CloudInitUserDataHash,
     MultipassInstances,
+    UserDataFingerprint,
 )
 from calicolab.operations.common import print_once
 
@@ -414,39 +416,60 @@ def cloud_init_done(timeout: int = 900):
     yield FunctionCommand(_wait_cloud_init, (timeout,), {})
 
 
+def _recreate_hint(name: str) -> str:
+    return (
+        f"recreate the VM: `pyinfra inventory.py teardown.py --limit {name}` (or "
+        f"`multipass delete --purge {name}`), then re-run the deploy"
+    )
+
+
 @operation()
-def user_data_current(user_data: str):
+def user_data_current(fingerprint: str):
     """
     Warn when the VM was created from a different cloud-init user-data than the one rendered now.
 
-    + user_data: the rendered user-data text for this VM
+    + fingerprint: ``calicolab.render.cloud_init_fingerprint(lab, vm)``, the sha256 that the
+      current user-data writes to ``USER_DATA_FINGERPRINT_PATH`` in the VM
 
-    Cloud-init runs only on first boot, so a changed user-data needs a new VM. This never recreates
-    anything: it logs a warning naming the VM and how to recreate it, and reports no change. Run it
-    on the ``@multipass/NAME`` hosts (reads the root-only user-data with ``sudo``).
+    Compares what calicolab's own user-data wrote into the VM, never the user-data Multipass passed
+    on (Multipass adds users, keys and packages to it, differently per version). Cloud-init runs
+    only on first boot, so a changed user-data needs a new VM: this never recreates anything, it
+    logs a warning naming the VM and how to recreate it, and reports no change. A VM without the
+    file (created before calicolab wrote it) gets one note saying so. Run it on the
+    ``@multipass/NAME`` hosts after ``cloud_init_done``.
 
     **Example:**
 
     .. code:: python
 
         multipass.user_data_current(
-            name="cloud-init user-data unchanged", user_data=render_cloud_init(lab, "node1"),
+            name="cloud-init user-data unchanged", fingerprint=cloud_init_fingerprint(lab, "node1"),
         )
     """
-    stored = host.get_fact(CloudInitUserDataHash, _sudo=True)
-    wanted = mp.user_data_digest(user_data)
-    if stored is None or stored == wanted:
-        host.noop("user-data unchanged" if stored else "no stored user-data yet")
+    stored = host.get_fact(UserDataFingerprint)
+    if stored is None:
+        host.noop("cloud-init has not finished yet: nothing to compare")
+        return
+    if stored == fingerprint:
+        host.noop("user-data unchanged")
+        return
+    if stored == FINGERPRINT_MISSING:
+        if print_once():
+            _log(
+                f"{host.name} has no calicolab fingerprint ({USER_DATA_FINGERPRINT_PATH}): it was created "
+                "before calicolab recorded one, so whether its cloud-init matches the current settings is "
+                f"unknown. To be sure, {_recreate_hint(host.name)}",
+                warning=True,
+            )
+        host.noop(f"{host.name} has no user-data fingerprint (note only)")
         return
     if print_once():
         _log(
             f"{host.name} was created from a different cloud-init user-data than the current settings "
             "render; cloud-init only runs on first boot, so the change is NOT applied. To apply it, "
-            f"recreate the VM: `pyinfra inventory.py teardown.py --limit {host.name}` (or "
-            f"`multipass delete --purge {host.name}`), then re-run the deploy",
+            f"{_recreate_hint(host.name)}",
             warning=True,
         )
     host.noop(f"user-data of {host.name} differs (warning only)")
     return
     yield  # pragma: no cover - makes this a generator
-
