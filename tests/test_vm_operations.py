@@ -296,7 +296,7 @@ def test_user_data_drift_is_judged_by_the_fingerprint_and_warns_never_recreates(
 
 def test_barrier_is_a_noop():
     host = FakeHost(name="node1")
-    assert run_body(barrier_module.barrier, host) == []
+    assert run_body(barrier_module._phase_boundary, host, boundary="── phase ──") == []
     assert host.noops == ["barrier"]
 
 
