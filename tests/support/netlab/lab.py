@@ -481,10 +481,42 @@ class NetLab:
     def stop_vm(self, name: str) -> dict:
         """SIGKILL the VM's init (every process in it dies); the overlay upper dir persists; addresses vanish."""
         vm = self.vm(name)
+        self._signal_vm(vm, signal.SIGCONT)  # a suspended VM's processes too
         self._kill_init(vm)
         _run(["ip", "-n", vm["netns"], "addr", "flush", "dev", "eth0"], check=False)
         _run(["ip", "-n", vm["netns"], "link", "set", "eth0", "down"], check=False)
         return self.update_vm(name, state="Stopped", init_pid=None, holder_pid=None)
+
+    def _vm_pids(self, vm: dict) -> list[int]:
+        """Every process in the VM's PID namespace (init included)."""
+        init = vm.get("init_pid")
+        if not init or not _pid_alive(init):
+            return []
+        ns = _ns_inode(init, "pid")
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if _ns_inode(entry, "pid") == ns:
+                        pids.append(int(entry))
+        return pids
+
+    def _signal_vm(self, vm: dict, signum: int) -> None:
+        for pid in self._vm_pids(vm):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def suspend_vm(self, name: str) -> dict:
+        """Like a suspended (or host-slept) VM: every process in it frozen (SIGSTOP), memory and addresses kept."""
+        vm = self.vm(name)
+        self._signal_vm(vm, signal.SIGSTOP)
+        return self.update_vm(name, state="Suspended")
+
+    def resume_vm(self, name: str) -> dict:
+        """Resume a suspended VM where it was (SIGCONT): no boot, cloud-init carries on if it was running."""
+        vm = self.vm(name)
+        self._signal_vm(vm, signal.SIGCONT)
+        return self.update_vm(name, state="Running", resumed_at=time.time())
 
     def destroy_vm(self, name: str) -> None:
         """Remove a VM for good: kill, delete its namespace and its upper directory."""
