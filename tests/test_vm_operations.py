@@ -121,9 +121,35 @@ def test_running_is_noop():
 def test_stopped_are_started_missing_launched(stopped_state):
     host = FakeHost(instances_fact(control="Running", node1=stopped_state, node2="Stopped"))
     commands = run_body(ops.instances, host, specs=SPECS)
-    assert [c.function for c in commands] == [ops._launch_all, ops._run_each]
+    assert [c.function for c in commands] == [ops._launch_all, ops._run_each, ops._wait_answering]
     assert [s.name for s in commands[0].args[0]] == ["host1"]
     assert commands[1].args[:2] == ("start", ["node1", "node2"])
+    assert commands[2].args[0] == ["node1", "node2"]
+
+
+def test_started_vms_are_waited_for_until_they_answer(monkeypatch):
+    monkeypatch.setattr(ops, "ANSWER_POLL", 0)
+    asleep = mp.ProcessResult([], 2, b"", b"exec failed: ssh connection failed: 'Timeout connecting to 10.0.0.3'")
+    awake = mp.ProcessResult([], 0, b"", b"")
+    answers = [{"node1": awake, "node2": asleep}, {"node2": awake}]
+    asked = []
+
+    def run_parallel(jobs, timeout=None):
+        asked.append({name: argv[-4:] for name, (argv, _) in jobs.items()})
+        return answers.pop(0)
+
+    monkeypatch.setattr(ops.mp, "run_parallel", run_parallel)
+    host = FakeHost()
+    assert ops._wait_answering(None, host, ["node1", "node2"], "multipass", timeout=60) is True
+    assert asked == [{"node1": ["--", "sh", "-c", "true"], "node2": ["--", "sh", "-c", "true"]},
+                     {"node2": ["--", "sh", "-c", "true"]}]
+    assert "waiting for node2 to answer (exec failed: ssh connection failed" in host.logs[0]
+
+    monkeypatch.setattr(ops.mp, "run_parallel", lambda jobs, timeout=None: {"node2": asleep})
+    never = FakeHost()
+    assert ops._wait_answering(None, never, ["node2"], "multipass", timeout=0) is False
+    assert "node2 was started but does not answer `multipass exec` after 0s" in never.logs[-1]
+    assert "Timeout connecting to 10.0.0.3" in never.logs[-1]
 
 
 def test_delayed_shutdown_is_cancelled():
@@ -144,7 +170,7 @@ def test_deleted_and_unknown_fail_cleanly(bad_state, text):
     host = FakeHost(instances_fact(control="Stopped", node2=bad_state))
     commands = run_body(ops.instances, host, specs=SPECS)
     # the others are still launched/started; a last FunctionCommand fails with the explanation
-    assert [c.function for c in commands] == [ops._launch_all, ops._run_each, ops._fail]
+    assert [c.function for c in commands] == [ops._launch_all, ops._run_each, ops._wait_answering, ops._fail]
     assert [s.name for s in commands[0].args[0]] == ["node1", "host1"]
     assert commands[1].args[:2] == ("start", ["control"])
     (messages,) = commands[-1].args
@@ -345,6 +371,8 @@ elif args[0] == "start":
     with_state(lambda s: s.update({{n: "Running" for n in names}}))
 elif args[0] == "delete":
     with_state(lambda s: [s.pop(n, None) for n in names])
+elif args[0] == "exec":
+    pass  # every VM answers
 else:
     sys.stderr.write("unsupported\n")
     sys.exit(9)
@@ -522,3 +550,59 @@ def test_tasks_vms_builds_specs_and_calls_ops(monkeypatch):
     assert [c[0] for c in calls] == ["barrier", "cloud_init_done", "user_data_current"]
     assert calls[0][1] == {"name": "── phase: VMs running ──"}
     assert calls[2][1]["fingerprint"] == "fingerprint of node1"
+
+
+class FailingRun:
+    """Just enough of a pyinfra State for the barrier's failure log: op names, ignore flags, failed hosts."""
+
+    def __init__(self, ops, ignored=()):
+        self.ops, self.ignored, self.failed_hosts = ops, set(ignored), []
+
+    def get_op_meta(self, op_hash):
+        return types.SimpleNamespace(names={self.ops[op_hash]})
+
+    def get_op_data_for_host(self, host, op_hash):
+        return types.SimpleNamespace(global_arguments={"_ignore_errors": op_hash in self.ignored})
+
+
+def test_barrier_summary_names_the_first_failure_as_cause_and_later_ones_as_consequences():
+    run = FailingRun({"launch": "Lab VMs", "wait": "cloud-init finished", "fact": "k3s token", "opt": "optional"},
+                     ignored={"opt"})
+    local, node2, host1, node1 = (types.SimpleNamespace(name=n) for n in ("@local", "node2", "host1", "node1"))
+    log = barrier_module.FailureLog(known_failed={"gone"})
+    run.failed_hosts.append(types.SimpleNamespace(name="gone"))  # failed to connect: not this run's failure
+
+    log.operation_host_start(run, local, "launch")
+    log.error_line("\x1b[1m[@local]\x1b[0m  launch node2 failed: launch failed: The following errors occurred:\nnode2: boom")
+    log.error_line("[@local]  Error: executed 0 commands")
+    log.operation_host_error(run, local, "launch")
+    log.operation_host_start(run, node2, "wait")
+    log.error_line("[node2]   cannot wait for cloud-init: instance node2 is not running")
+    log.operation_host_error(run, node2, "wait")
+    log.operation_host_start(run, node1, "opt")
+    log.operation_host_error(run, node1, "opt")  # ignored by the deploy: stops nothing
+    # a fact that cannot be loaded fails the host, not the operation
+    log.operation_host_start(run, host1, "fact")
+    log.error_line("[host1]   exec failed: ssh connection failed")
+    run.failed_hosts.append(host1)
+
+    assert log.failed_hosts(run) == ["@local", "node2", "host1"]
+    lines = log.summary("── phase 1 ──", log.failed_hosts(run))
+    assert lines[0].startswith('Run stopped at "── phase 1 ──": @local, node2, host1 failed')
+    assert lines[1] == ("    cause: [@local] Lab VMs: launch node2 failed: launch failed: "
+                        "The following errors occurred: node2: boom")
+    assert lines[2] == ("    then (likely a consequence): [node2] cloud-init finished: cannot wait for cloud-init: "
+                        "instance node2 is not running")
+    assert lines[3] == "    then (likely a consequence): [host1] k3s token: exec failed: ssh connection failed"
+    assert "re-run" in lines[-1]
+
+
+def test_barrier_stops_the_run_once_a_host_failed(monkeypatch):
+    host = FakeHost(name="node1")
+    monkeypatch.setattr(barrier_module, "failed_hosts", lambda names=None: ["node2"])
+    executing = FakeState(executing=True)
+    (command,) = run_body(barrier_module._phase_boundary, host, executing, boundary="── phase 2 ──")
+    assert command.function is barrier_module._stop_run and command.args == ("── phase 2 ──",)
+    assert host.noops == []
+    # while planning nothing has failed yet: the plan is never cut short
+    assert run_body(barrier_module._phase_boundary, host, FakeState(), boundary="── phase 2 ──") == []

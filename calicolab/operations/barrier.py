@@ -49,27 +49,43 @@ class FailureLog(BaseStateCallback):
         self.failures: list[HostFailure] = []
         self.reported = False
         self._known_failed = known_failed  # failed before execution (connect): not ours to judge
-        self._lines: dict[str, list[str]] = {}
+        self._current: dict[str, str] = {}  # host -> op hash running on it
+        self._lines: dict[tuple[str, str], list[str]] = {}  # (host, op hash) -> error lines, in order
 
     def operation_host_start(self, state, host, op_hash):
-        self._lines[host.name] = []
+        self._current[host.name] = op_hash
+        self._lines.setdefault((host.name, op_hash), [])
 
     def operation_host_error(self, state, host, op_hash, retry_count=0, max_retries=0):
         if state.get_op_data_for_host(host, op_hash).global_arguments.get("_ignore_errors"):
             return  # pyinfra reports ignored errors here too; they stop nothing
+        self.failures.append(self._failure(state, host.name, op_hash))
+
+    def _failure(self, state, host_name: str, op_hash: str) -> HostFailure:
         names = ", ".join(sorted(state.get_op_meta(op_hash).names)) or op_hash
-        lines = [line for line in self._lines.pop(host.name, []) if not _GENERIC_ERROR.match(line)]
-        self.failures.append(HostFailure(host.name, names, op_hash, lines))
+        lines = [line for line in self._lines.get((host_name, op_hash), []) if not _GENERIC_ERROR.match(line)]
+        return HostFailure(host_name, names, op_hash, lines)
 
     def error_line(self, text: str) -> None:
         match = _HOST_LINE.match(_ANSI.sub("", text))
-        if match and match["host"] in self._lines:
-            self._lines[match["host"]].append(match["text"].strip())
+        if match and match["host"] in self._current:
+            self._lines[(match["host"], self._current[match["host"]])].append(match["text"].strip())
 
     def failed_hosts(self, state) -> list[str]:
-        """Hosts failed since execution began: those with a failed operation, then pyinfra's own list."""
+        """Hosts failed since execution began, in order.
+
+        Besides failed operations this counts hosts pyinfra failed itself (a fact that could not
+        be loaded fails the host, not the operation); those are recorded with the first
+        operation in which they logged an error.
+        """
         names = list(dict.fromkeys(f.host for f in self.failures))
-        names += sorted(h.name for h in state.failed_hosts if h.name not in self._known_failed and h.name not in names)
+        for name in sorted(h.name for h in state.failed_hosts):
+            if name in names or name in self._known_failed:
+                continue
+            names.append(name)
+            logged = [op for (host_name, op), lines in self._lines.items() if host_name == name and lines]
+            if logged:
+                self.failures.append(self._failure(state, name, logged[0]))
         return names
 
     def summary(self, boundary: str, failed: list[str]) -> list[str]:

@@ -31,6 +31,8 @@ from calicolab.operations.common import print_once
 
 DEFAULT_LAUNCH_TIMEOUT = 900
 CLOUD_INIT_POLL = 5
+#: seconds between ``multipass exec NAME -- true`` tries after a start
+ANSWER_POLL = 2
 
 
 def _bin(multipass_bin: str | None) -> str:
@@ -156,6 +158,40 @@ def _run_each(state, host, action: str, names: list[str], multipass_bin: str, ti
     return ok
 
 
+def _wait_answering(state, host, names: list[str], multipass_bin: str, timeout: int) -> bool:
+    """After ``multipass start``: wait until every named VM runs a command, or fail naming it.
+
+    A VM resumed from Suspended (the laptop slept) is Running before its network and sshd are
+    back, and ``multipass exec`` fails until then (canonical/multipass#1365); the steps after the
+    start would fail on it.
+    """
+    deadline = time.monotonic() + timeout
+    waiting, last, reported = list(names), {}, float("-inf")
+    while True:
+        jobs = {name: (mp.exec_argv(multipass_bin, name, "true"), None) for name in waiting}
+        for name, result in mp.run_parallel(jobs, timeout=60).items():
+            if isinstance(result, mp.ProcessResult) and result.ok:
+                waiting.remove(name)
+            else:
+                last[name] = (mp.clean_message(result.stdout, result.stderr)
+                              if isinstance(result, mp.ProcessResult) else str(result))
+        if not waiting:
+            return True
+        if time.monotonic() >= deadline:
+            for name in waiting:
+                host.log(
+                    f"{name} was started but does not answer `multipass exec` after {timeout}s "
+                    f"({last[name]}); check `multipass info {name}`, restart it (`multipass restart "
+                    f"{name}`) if it stays unreachable, then re-run",
+                    log_func=logger.error,
+                )
+            return False
+        if time.monotonic() - reported >= 30:
+            host.log(f"waiting for {', '.join(waiting)} to answer ({last[waiting[0]]})")
+            reported = time.monotonic()
+        gevent.sleep(ANSWER_POLL)
+
+
 def _fail(state, host, messages: list[str]) -> bool:
     for message in messages:
         host.log(message, log_func=logger.error)
@@ -196,6 +232,7 @@ def _instances_commands(specs: list[mp.InstanceSpec], present, running, multipas
         )
     if plan.start:
         yield FunctionCommand(_run_each, ("start", plan.start, multipass_bin, launch_timeout), {})
+        yield FunctionCommand(_wait_answering, (plan.start, multipass_bin, launch_timeout), {})
     if plan.cancel_stop:
         yield FunctionCommand(_run_each, ("cancel-stop", plan.cancel_stop, multipass_bin, 120), {})
     if plan.stop:
@@ -226,7 +263,8 @@ def instances(
     + multipass_bin: Multipass client (default: host data ``multipass_bin`` or ``multipass``)
 
     Decides from ``MultipassInstances``: missing -> ``multipass launch -n NAME -c .. -m .. -d ..
-    --cloud-init - --timeout T IMAGE`` (all missing ones at once), Stopped/Suspended -> ``start``,
+    --cloud-init - --timeout T IMAGE`` (all missing ones at once), Stopped/Suspended -> ``start``
+    (a suspended one resumes) and wait until it answers ``multipass exec`` (up to launch_timeout),
     Delayed Shutdown -> ``stop --cancel``, Running -> no change, Deleted/Unknown -> fails with what
     to do. Run it on ``@local``.
 
