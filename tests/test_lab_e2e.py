@@ -8,6 +8,7 @@ build, re-run, dry-run diff of a pool change, stopped lab, restarted node. Root 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import stat
@@ -36,10 +37,10 @@ class Lab:
         self.netlab, self.mirror, self.state_dir = netlab, mirror, state_dir
         self.outputs: list[str] = []
 
-    def deploy(self, *args: str, data: dict | None = None, timeout: float = 420):
+    def deploy(self, *args: str, data: dict | None = None, timeout: float = 420, **run_options):
         overrides = [f"--data=state_dir={self.state_dir}"] + [f"--data={k}={v}" for k, v in (data or {}).items()]
         argv = [PYINFRA, "inventory.py", "deploy.py", *args, *self.mirror.data_args(), *overrides]
-        result = self.netlab.ws_run(argv, env=self.netlab.ws_env(), cwd=str(PROJECT), timeout=timeout)
+        result = self.netlab.ws_run(argv, env=self.netlab.ws_env(), cwd=str(PROJECT), timeout=timeout, **run_options)
         self.outputs.append(result.stdout + result.stderr)
         return result
 
@@ -69,15 +70,22 @@ class Lab:
         return json.loads(self.vm("control", "k3s kubectl " + " ".join(args) + " -o json"))
 
 
-@pytest.fixture(scope="module")
-def lab():
+@contextlib.contextmanager
+def lab_session(lab_class=Lab, **mirror_options):
+    """A fresh test lab with its mirror and a private state folder, torn down afterwards."""
     with netlab_session() as netlab:
-        mirror = Mirror(netlab, k3s_versions=("v1.35.4+k3s1", K3S_UPGRADE)).start()
+        mirror = Mirror(netlab, **mirror_options).start()
         try:
             with tempfile.TemporaryDirectory(prefix="calicolab-state-") as state:
-                yield Lab(netlab, mirror, Path(state) / "lab-state")
+                yield lab_class(netlab, mirror, Path(state) / "lab-state")
         finally:
             mirror.stop()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with lab_session(k3s_versions=("v1.35.4+k3s1", K3S_UPGRADE)) as lab:
+        yield lab
 
 
 def results_totals(result) -> dict:
