@@ -2,7 +2,7 @@
 
 * a failed VM launch ends the run at the next phase boundary, naming the VM and Multipass' message, without
   any later step waiting for it; a re-run without the fault converges;
-* a VM left Suspended (the laptop slept) comes back in one re-run;
+* a VM left Suspended (the laptop slept, also in the middle of its launch) comes back in one re-run;
 * drift is judged by the fingerprint calicolab's user-data wrote, whatever each Multipass version adds to the
   user-data (the double's ``user_data_rewrite`` variants): no warning on a fresh lab or a re-run, a real
   change is still reported, an older VM without the fingerprint gets one note.
@@ -86,6 +86,24 @@ def test_a_suspended_vm_comes_back_in_one_rerun(lab):
     assert result.returncode == 0, output[-3000:]
     assert "node2 is Suspended: it will be started" in output
     assert "control is Suspended: it will be started" in output
+    assert_lab_healthy(lab)
+
+
+def test_a_vm_suspended_during_its_launch_comes_back_in_one_rerun(lab):
+    assert lab.netlab.multipass("delete", "--purge", "host1").returncode == 0
+    lab.netlab.set_faults({"suspend_during_launch": ["host1"]})
+    failed = lab.deploy("-y", data=LONG_TIMEOUTS)
+    lab.netlab.set_faults({})
+    output = output_of(failed)
+    assert failed.returncode != 0
+    assert "launch host1 failed: timed out and host1 is Suspended" in output
+    assert 'Run stopped at "── phase: VMs running ──"' in output
+    assert lab.instances()["host1"] == "Suspended"
+
+    result = lab.deploy("-y", data=LONG_TIMEOUTS)
+    output = output_of(result)
+    assert result.returncode == 0, output[-3000:]
+    assert "host1 is Suspended: it will be started" in output
     assert_lab_healthy(lab)
 
 

@@ -599,7 +599,7 @@ def test_barrier_summary_names_the_first_failure_as_cause_and_later_ones_as_cons
 
 def test_barrier_stops_the_run_once_a_host_failed(monkeypatch):
     host = FakeHost(name="node1")
-    monkeypatch.setattr(barrier_module, "failed_hosts", lambda names=None: ["node2"])
+    monkeypatch.setattr(barrier_module, "failed_hosts", lambda: ["node2"])
     executing = FakeState(executing=True)
     (command,) = run_body(barrier_module._phase_boundary, host, executing, boundary="── phase 2 ──")
     assert command.function is barrier_module._stop_run and command.args == ("── phase 2 ──",)

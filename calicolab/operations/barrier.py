@@ -11,8 +11,9 @@ pyinfra itself goes on with the hosts that did not fail, so later steps would wa
 timeouts for a VM that is gone (control waiting for node2 to register, host1's check waiting for
 the app). Instead, once any host has failed, the next barrier fails on every remaining host: the
 run ends at that phase boundary with one summary naming the first failure as the cause and the
-failures after it as its likely consequences. ``failed_hosts()`` lets a wait that involves other
-hosts end at once when one of them has failed.
+failures after it as its likely consequences. Every wait that involves another host (nodes
+registered, nodes Ready, the final check) runs in a phase of its own after a barrier, so no wait
+starts for a host that has failed.
 """
 
 from __future__ import annotations
@@ -144,17 +145,13 @@ def watch_failures(current_state) -> FailureLog:
     return failure_log
 
 
-def failed_hosts(names=None) -> list[str]:
-    """Hosts that failed since execution began (optionally only those among ``names``).
+def failed_hosts() -> list[str]:
+    """Hosts that failed since this deploy's execution began, in order.
 
-    A wait that needs another host ends at once when this names it, instead of waiting out its
-    timeout. Example: ``failed_hosts(["control", "node1", "node2"])`` -> ``["node2"]``
+    Example: ``failed_hosts()`` -> ``["@local", "node2"]``
     """
     failure_log = _failure_log(ctx_state.get()) if ctx_state.isset() else None
-    if failure_log is None:
-        return []
-    failed = failure_log.failed_hosts(ctx_state.get())
-    return [name for name in failed if names is None or name in names]
+    return failure_log.failed_hosts(ctx_state.get()) if failure_log is not None else []
 
 
 def _stop_run(state, host, boundary: str) -> bool:

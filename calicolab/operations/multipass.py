@@ -110,6 +110,13 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
                     f"{vm_state}; continuing (cloud-init is waited for later)",
                     log_func=logger.warning,
                 )
+            elif vm_state == mp.SUSPENDED:
+                host.log(
+                    f"launch {name} failed: timed out and {name} is Suspended (did the computer sleep?); "
+                    f"re-run the deploy: it resumes {name} and waits for its cloud-init",
+                    log_func=logger.error,
+                )
+                ok = False
             else:
                 host.log(
                     f"launch {name} failed: timed out (state now: {vm_state or 'absent'}); "
