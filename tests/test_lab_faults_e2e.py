@@ -18,7 +18,7 @@ import pytest
 
 from tests.test_lab_e2e import VMS, Lab, assert_lab_healthy, lab_session
 
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(1800)]
 
 DRIFT = "was created from a different cloud-init user-data"
 NO_FINGERPRINT = "has no calicolab fingerprint"
@@ -26,7 +26,7 @@ NO_FINGERPRINT = "has no calicolab fingerprint"
 LONG_TIMEOUTS = {name: 3000 for name in (
     "timeout_cloud_init", "timeout_k3s_ready", "timeout_operator_ready", "timeout_calico_available",
     "timeout_nodes_ready", "timeout_rollout", "timeout_app_answer")}
-RUN_LIMIT = 300
+RUN_LIMIT = 600
 LAUNCH_FAILURE = "The following errors occurred:\nnode2: failed to download image: connection reset by peer"
 
 
