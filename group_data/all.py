@@ -57,8 +57,10 @@ external_pool_cidr = "198.19.24.0/21"
 service_external_cidr = "198.19.48.0/20"
 
 # --- Tools on host1 ------------------------------------------------------------------
-kubectl_version = "v1.35.4"
-calicoctl_version = "v3.32.1"
+# Empty: the kubectl of k3s' Kubernetes release, and the calicoctl of calico_version. A pinned
+# kubectl must be within one minor of k3s, a pinned calicoctl the same minor as Calico.
+kubectl_version = ""
+calicoctl_version = ""
 # Downloads are verified against the upstream checksum files before they are installed.
 kubectl_url = "https://dl.k8s.io/release/{version}/bin/linux/{arch}/kubectl"
 kubectl_sha256_url = "https://dl.k8s.io/release/{version}/bin/linux/{arch}/kubectl.sha256"

@@ -162,12 +162,13 @@ LAB_IPS = {"control": "198.19.0.11", "node1": "198.19.0.12", "node2": "198.19.0.
           "k3s/control-config.yaml", "k3s/node1-config.yaml", "k3s/node2-config.yaml", "bird/bird.conf"}),
         ({"service_cidr": "198.19.64.0/20"}, "198.19.32.", "198.19.64.", {"k3s/control-config.yaml", "bird/bird.conf"}),
         ({"calico_pool_cidr": "198.19.16.0/22"}, "198.19.16.0/21", "198.19.16.0/22", {"manifests/installation.yaml"}),
-        ({"calico_version": "v3.31.7"}, "v1.42.3", "v1.40.15", {"manifests/tigera-operator.yaml"}),
+        ({"calico_version": "v3.32.0", "calicoctl_version": "v3.32.1"}, "v1.42.3", "v1.42.0", {"manifests/tigera-operator.yaml"}),
+        ({"calicoctl_version": "v3.32.0"}, "v3.32.1", "v3.32.0", {"host1/profile.sh"}),
         ({"yaobank_node_port": 31080}, "30180", "31080", {"manifests/yaobank.yaml"}),
         ({"tcp_mss": 1200}, "1300", "1200", {f"cloud-init/{n}.yaml" for n in VM_NAMES}),
         ({"bgp_as_number": 65001}, "64512", "65001", {"bird/bird.conf"}),
     ],
-    ids=["lab-ips", "service-cidr", "pool", "calico-version", "node-port", "mss", "as-number"],
+    ids=["lab-ips", "service-cidr", "pool", "calico-version", "calicoctl-version", "node-port", "mss", "as-number"],
 )
 def test_a_changed_setting_changes_every_place_it_appears(defaults, override, old, new, expected_files):
     before = render_all(load_lab(defaults))
