@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import shlex
 import signal
@@ -92,6 +93,10 @@ def bin_argv(multipass_bin: str | None) -> list[str]:
 
 def shell_join(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(arg)) for arg in argv)
+
+
+def version_argv(multipass_bin: str | None = None) -> list[str]:
+    return [*bin_argv(multipass_bin), "version", "--format", "json"]
 
 
 def list_argv(multipass_bin: str | None = None) -> list[str]:
@@ -239,6 +244,33 @@ def parse_list(text: str | bytes) -> dict[str, dict[str, Any]]:
     return instances
 
 
+#: The oldest Multipass release calicolab supports: the JSON shapes, states and messages it relies on
+#: are those of 1.14 to 1.16 (list's "Ubuntu <release>" strings since 1.11, `exec` starting a stopped
+#: instance since 1.9, `launch --cloud-init -` and `--timeout`).
+MINIMUM_VERSION = (1, 14, 0)
+
+
+def parse_version(text: str | bytes) -> tuple[str, str | None]:
+    """``multipass version --format json`` -> ``(client, daemon)``; daemon is None when it did not answer.
+
+    The client prints its own version even when the daemon is down, and then leaves ``multipassd`` out
+    (canonical/multipass ``json_formatter.cpp``, ``format(VersionReply)``); exit code 0 in both cases.
+    """
+    data = _load_json(text, "multipass version --format json")
+    if not isinstance(data, dict) or not isinstance(data.get("multipass"), str):
+        raise MultipassOutputError('multipass version --format json: expected {"multipass": "X.Y.Z", ...}')
+    daemon = data.get("multipassd")
+    return data["multipass"], daemon if isinstance(daemon, str) and daemon else None
+
+
+def version_tuple(version: str) -> tuple[int, int, int] | None:
+    """``"1.16.3+mac"`` -> ``(1, 16, 3)``; None when it does not start with a version number."""
+    match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
 def release_version(release: str) -> str | None:
     """``"Ubuntu 24.04 LTS"`` / ``"20.04 LTS"`` -> ``"24.04"`` / ``"20.04"``; ``"Not Available"`` -> None."""
     match = re.search(r"\b(\d+\.\d+)(?:\.\d+)?\b", release or "")
@@ -382,18 +414,57 @@ def classify_error(returncode: int | None, stdout: str | bytes = "", stderr: str
     return MultipassFailure("other", message or f"exit code {returncode}")
 
 
-def daemon_down_hint() -> str:
+def workstation_os() -> str:
+    """``"macos"``, ``"wsl"``, ``"windows"`` or ``"linux"``: which install and restart commands apply here."""
+    system = platform.system()
+    if system == "Darwin":
+        return "macos"
+    if system == "Windows":
+        return "windows"
+    if "microsoft" in platform.release().lower():
+        return "wsl"
+    return "linux"
+
+
+_INSTALL = {
+    "macos": f"`brew install --cask multipass` (or the installer from {INSTALL_URL})",
+    "linux": "`sudo snap install multipass`",
+    "wsl": f"Multipass for Windows from {INSTALL_URL}, then set --data multipass_bin=multipass.exe",
+    "windows": f"the Windows installer from {INSTALL_URL}",
+}
+_RESTART = {
+    "macos": "`sudo launchctl kickstart -k system/com.canonical.multipassd`",
+    "linux": "`sudo snap restart multipass`",
+    "wsl": "`Restart-Service Multipass` in an administrator PowerShell on Windows",
+    "windows": "`Restart-Service Multipass` in an administrator PowerShell",
+}
+_UPGRADE = {
+    "macos": f"`brew upgrade --cask multipass` (or the installer from {INSTALL_URL})",
+    "linux": "`sudo snap refresh multipass`",
+    "wsl": f"the current Windows installer from {INSTALL_URL}",
+    "windows": f"the current Windows installer from {INSTALL_URL}",
+}
+
+
+def daemon_down_hint(os_name: str | None = None) -> str:
+    restart = _RESTART[os_name or workstation_os()]
     return (
-        "the Multipass daemon does not answer: run `multipass wait-ready` or restart it "
-        "(Linux: `sudo snap restart multipass`; macOS: `sudo launchctl kickstart -k system/com.canonical.multipassd`; "
-        "Windows: restart the Multipass service)"
+        f"the Multipass daemon does not answer: restart it with {restart}, wait until "
+        "`multipass version` lists multipassd, then run again"
     )
 
 
-def not_installed_hint(multipass_bin: str | None) -> str:
+def not_installed_hint(multipass_bin: str | None, os_name: str | None = None) -> str:
     return (
-        f"multipass not found: install it from {INSTALL_URL} or set multipass_bin "
-        f"(currently {multipass_bin or DEFAULT_BIN!r})"
+        f"multipass not found: install it with {_INSTALL[os_name or workstation_os()]}, or set multipass_bin "
+        f"to where it is (currently {multipass_bin or DEFAULT_BIN!r})"
+    )
+
+
+def upgrade_hint(found: str, minimum: str, os_name: str | None = None) -> str:
+    return (
+        f"Multipass {found} is older than {minimum}, the oldest release calicolab supports: upgrade it with "
+        f"{_UPGRADE[os_name or workstation_os()]}, then run again"
     )
 
 
