@@ -72,7 +72,8 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab():
     with netlab_session() as netlab:
-        mirror = Mirror(netlab, k3s_versions=("v1.35.4+k3s1", K3S_UPGRADE)).start()
+        mirror = Mirror(netlab, k3s_versions=("v1.35.4+k3s1", K3S_UPGRADE),
+                        kubectl_versions=("v1.35.4", K3S_UPGRADE.split("+")[0])).start()
         try:
             with tempfile.TemporaryDirectory(prefix="calicolab-state-") as state:
                 yield Lab(netlab, mirror, Path(state) / "lab-state")
