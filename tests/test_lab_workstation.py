@@ -39,3 +39,66 @@ def test_a_daemon_that_stops_answering_after_the_preflight_ends_the_run_cleanly(
         launched = [line for line in (netlab.workdir / "multipass-calls.log").read_text().splitlines()
                     if '"launch"' in line or '"start"' in line]
         assert launched == []
+
+
+def _read_lock(path: Path) -> dict[str, str]:
+    try:
+        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    except FileNotFoundError:
+        return {}
+
+
+def test_one_run_at_a_time_and_a_killed_runs_lock_is_taken_over():
+    from tests.support.netlab.mirror import Mirror
+
+    with netlab_session() as netlab, tempfile.TemporaryDirectory() as tmp:
+        mirror = Mirror(netlab).start()
+        try:
+            state = Path(tmp) / "lab"
+            argv = [PYINFRA, "inventory.py", "deploy.py", *mirror.data_args(), f"--data=state_dir={state}"]
+
+            def run(*flags):
+                result = subprocess.run(netlab.ws_argv([*argv, *flags], netlab.ws_env()), cwd=PROJECT,
+                                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=400)
+                result.output = result.stdout + result.stderr
+                return result
+
+            # the first run's launches take a while, so it still holds the lab while the others try
+            netlab.set_faults({"delay": {"launch": 60}})
+            with open(Path(tmp) / "first.log", "w") as log:
+                first = subprocess.Popen(netlab.ws_argv([*argv, "-y"], netlab.ws_env()), cwd=PROJECT,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                for _ in range(600):
+                    holder = _read_lock(state / "run.lock")
+                    if holder.get("pid") or first.poll() is not None:
+                        break
+                    subprocess.run(["sleep", "0.1"])
+                assert holder.get("pid"), (Path(tmp) / "first.log").read_text()[-3000:]
+
+                second = run("-y")
+                assert second.returncode == 1, second.output[-3000:]
+                assert f"calicolab: another calicolab run (pid {holder['pid']}, started {holder['started']})" \
+                       " holds the lab" in second.output
+                dry = run("--dry")
+                assert dry.returncode == 0, dry.output[-3000:]
+                said = dry.output.index(f"another calicolab run (pid {holder['pid']}")
+                assert said < dry.output.index("--> Connecting to hosts"), "said before the plan"
+                assert first.poll() is None, "the first run was still building"
+            finally:
+                first.kill()  # SIGKILL: no chance to release anything
+                first.wait()
+            launches = [line for line in (netlab.workdir / "multipass-calls.log").read_text().splitlines()
+                        if '"launch"' in line]
+            assert len(launches) <= 4, "only the first run launched VMs"
+
+            netlab.set_faults({})
+            third = run("-y")
+            assert third.returncode == 0, third.output[-4000:]
+            assert f"the calicolab run with pid {holder['pid']} (started {holder['started']}) ended without " \
+                   "releasing the lab: taking its lock over" in third.output
+            page = netlab.exec_in("host1", ["curl", "-fsS", "--max-time", "5", "http://198.19.0.1:30180/"], timeout=30)
+            assert "Welcome to YAO Bank" in page.stdout
+            assert _read_lock(state / "run.lock") == {}, "a run that ends cleanly leaves the lock empty"
+        finally:
+            mirror.stop()
