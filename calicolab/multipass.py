@@ -324,10 +324,12 @@ def parse_info(text: str | bytes) -> dict[str, dict[str, Any]]:
 
 
 def parse_cloud_init_status(lines: Iterable[str]) -> dict[str, Any] | None:
-    """Parse ``cloud-init status [--long]``: ``{"status", "extended_status", "detail", "errors"}``."""
+    """Parse ``cloud-init status [--long]``: ``{"status", "extended_status", "detail", "errors",
+    "error_list"}``; ``error_list`` holds the entries of the ``errors:`` block (``- ('module', Error(...))``)."""
     result: dict[str, Any] = {}
     detail_lines: list[str] = []
-    in_detail = False
+    error_list: list[str] = []
+    block = None
     for raw in lines:
         line = raw.rstrip()
         if not line.strip():
@@ -336,20 +338,79 @@ def parse_cloud_init_status(lines: Iterable[str]) -> dict[str, Any] | None:
         key = key.strip()
         if sep and key in ("status", "extended_status", "boot_status_code", "last_update", "time", "errors",
                            "recoverable_errors"):
-            in_detail = False
+            block = key
             result[key] = value.strip()
             continue
         if sep and key == "detail":
-            in_detail = True
+            block = "detail"
             if value.strip():
                 detail_lines.append(value.strip())
             continue
-        if in_detail:
+        if block == "detail":
             detail_lines.append(line.strip())
+        elif block == "errors" and line.strip().startswith("- "):
+            error_list.append(line.strip()[2:].strip())
+        elif sep and not raw[:1].isspace():
+            block = None  # another key (WARNING:, ...)
     if "status" not in result:
         return None
     result["detail"] = "\n".join(detail_lines)
+    result["error_list"] = error_list
     return result
+
+
+# cloud-init reports a failed module as ``('module_name', SomeError('...'))``
+_MODULE_ERROR_RE = re.compile(r"\(\s*'([A-Za-z0-9_-]+)'\s*,\s*(.*?)\)?\s*$")
+#: what a cloud-init module runs from the user-data, for modules whose name does not say it
+MODULE_RUNS = {
+    "scripts_user": "the runcmd commands",
+    "package_update_upgrade_install": "packages",
+    "scripts_per_once": "per-once scripts",
+    "scripts_per_boot": "per-boot scripts",
+}
+
+
+def cloud_init_failed_modules(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``[(module, error)]`` from parsed ``cloud-init status --long`` (the ``errors:`` block since
+    cloud-init 23.4, the ``detail:`` text before that)."""
+    entries = list(parsed.get("error_list") or [])
+    entries += [line for line in str(parsed.get("detail") or "").splitlines() if line.startswith("(")]
+    found: list[tuple[str, str]] = []
+    for entry in entries:
+        match = _MODULE_ERROR_RE.match(entry.strip())
+        if match and match.group(1) not in [module for module, _ in found]:
+            found.append((match.group(1), match.group(2).strip()))
+    return found
+
+
+def recreate_hint(name: str, multipass_bin: str | None = None) -> str:
+    """How to build one VM again from its cloud-init (which runs only on first boot)."""
+    mp = shell_join(bin_argv(multipass_bin))
+    return (
+        f"cloud-init runs only on a VM's first boot: recreate {name} with `{mp} delete --purge {name}`, "
+        f"then re-run the deploy (it launches {name} again)"
+    )
+
+
+def cloud_init_error_message(name: str, parsed: Mapping[str, Any], multipass_bin: str | None = None) -> str:
+    """The failing module(s), the raw status, where the log is, and how to recreate the VM.
+
+    Example first line: ``cloud-init failed in node2 (status: error), module scripts_user (the runcmd
+    commands): RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands')``
+    """
+    mp = shell_join(bin_argv(multipass_bin))
+    modules = cloud_init_failed_modules(parsed)
+    what = "; ".join(
+        f"module {module}" + (f" ({MODULE_RUNS[module]})" if module in MODULE_RUNS else "") + f": {error}"
+        for module, error in modules
+    ) or "no failing module named"
+    raw = "\n".join(f"        {line}" for line in str(parsed.get("raw") or "").splitlines())
+    return (
+        f"cloud-init failed in {name} (status: error), {what}\n"
+        f"`cloud-init status --long`:\n{raw}\n"
+        f"Its output: `{mp} exec {name} -- sudo tail -n 50 /var/log/cloud-init-output.log`\n"
+        f"Next: fix the cause (a setting or the network), then {recreate_hint(name, multipass_bin)}"
+    )
 
 
 def user_data_digest(text: str) -> str:
@@ -468,24 +529,41 @@ def upgrade_hint(found: str, minimum: str, os_name: str | None = None) -> str:
     )
 
 
-def explain_failure(action: str, name: str, failure: MultipassFailure) -> str:
-    """One actionable sentence for a failed Multipass call about instance ``name``."""
+def explain_failure(action: str, name: str, failure: MultipassFailure, multipass_bin: str | None = None) -> str:
+    """What failed, Multipass' own message, then the next thing to try (a command to paste or a setting).
+
+    Example: ``explain_failure("start", "node1", classify_error(2, "", "start failed: ..."))`` →
+    ``"start node1 failed: start failed: ... Next: run `multipass start node1` to see ... then re-run the deploy"``
+    """
+    mp = shell_join(bin_argv(multipass_bin))
     message = failure.message.strip()
+    rerun = "then re-run the deploy"
     hints = {
-        "daemon-down": daemon_down_hint(),
-        "deleted": f"run `multipass recover {name}` to keep it or `multipass purge` to remove it for good",
-        "already-exists": f"an instance named {name} already exists (maybe deleted but not purged): "
-        f"`multipass recover {name}` or `multipass delete --purge {name}`",
-        "being-prepared": "another launch of this instance is running: wait for it and re-run",
-        "bad-image": "use an image alias listed by `multipass find` (ubuntu_image)",
-        "cloud-init": "the rendered cloud-init was rejected: check it with `python -m calicolab render`",
-        "timeout": "Multipass timed out; on slow links raise timeout_cloud_init and re-run",
+        "daemon-down": daemon_down_hint() + f", {rerun}",
+        "deleted": f"run `{mp} recover {name}` to keep it or `{mp} purge` to remove it for good, {rerun}",
+        "already-exists": f"an instance named {name} appeared after this run looked: another calicolab run or "
+        f"another process may be creating it right now. Check `{mp} list` and wait for that run to finish, "
+        f"{rerun}; only if nothing uses {name}, remove it (`{mp} delete --purge {name}`) and re-run",
+        "being-prepared": f"another launch of {name} is running: wait for it (`{mp} list`), {rerun}",
+        "bad-image": f"set ubuntu_image to an alias listed by `{mp} find` (e.g. --data ubuntu_image=24.04), "
+        "then re-run the deploy",
+        "cloud-init": "the rendered cloud-init was rejected: check it with `python -m calicolab render OUT_DIR` "
+        f"(OUT_DIR/cloud-init/{name}.yaml), fix the setting it comes from, {rerun}",
+        "timeout": f"Multipass timed out; check `{mp} list` and `{mp} info {name}`; on slow links raise "
+        f"timeout_cloud_init (e.g. --data timeout_cloud_init=1800), {rerun}",
+        "does-not-exist": f"{name} does not exist (any more, see `{mp} list`): re-run the deploy, which "
+        "launches it",
+        "not-running": f"start it with `{mp} start {name}`, {rerun}",
     }
-    hint = hints.get(failure.kind)
-    text = f"{action} {name} failed: {message or 'no message'}"
-    if hint:
-        text += f" ({hint})"
-    return text
+    generic = {
+        "launch": f"check `{mp} list` and `{mp} info {name}` and the free memory and disk for the VM sizes "
+        f"(vm_memory, vm_disk); fix the cause, {rerun} (it launches only the missing VMs)",
+        "start": f"run `{mp} start {name}` to see the whole error and `{mp} info {name}`; fix the cause, {rerun}",
+    }
+    hint = hints.get(failure.kind) or generic.get(
+        action, f"run `{mp} {action} {name}` to see the whole error; fix the cause, {rerun}"
+    )
+    return f"{action} {name} failed: {message or 'no message'}. Next: {hint}"
 
 
 def state_problem(name: str, state: str) -> str | None:

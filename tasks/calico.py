@@ -33,6 +33,7 @@ def install(lab=None) -> None:
         names=[OPERATOR_DEPLOYMENT],
         timeout=lab.timeout_operator_ready,
         lab=lab,
+        image_setting="tigera_operator_image",
     )
     kubernetes.crds_established(
         name="Calico: operator CRDs Established",

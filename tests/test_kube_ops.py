@@ -425,7 +425,8 @@ def test_rolled_out_timeout_names_object(lab, emu, clean_app, caplog):
     run.execute()
     assert not ok(meta)
     assert ("rollout of customer -n yaobank failed on @local: timed out waiting for the condition after 0.5s: "
-            "Waiting for deployment spec update to be observed...; deployment/customer -n yaobank") in caplog.text
+            "Waiting for deployment spec update to be observed...\n  deployment/customer -n yaobank") in caplog.text
+    assert "\nNext: `multipass exec control -- sudo k3s kubectl -n yaobank describe deployment customer`" in caplog.text
 
 
 def test_crds_established_missing_crd(lab, emu, caplog):

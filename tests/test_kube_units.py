@@ -351,6 +351,86 @@ def test_wait_rollouts_failure_names_deployment_and_events(fast_polls):
     assert "customer-1" not in text
 
 
+def pod(name, status, container="customer", image="calico/yaobank-customer:multiarch"):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "yaobank", "labels": {"app": "customer"}},
+            "spec": {"containers": [{"name": container, "image": image}]}, "status": status}
+
+
+IMAGE_PULL = {"phase": "Pending", "containerStatuses": [{"name": "customer", "ready": False, "state": {"waiting": {
+    "reason": "ImagePullBackOff", "message": 'Back-off pulling image "calico/yaobank-customer:multiarch"'}}}]}
+CRASH_LOOP = {"phase": "Running", "containerStatuses": [{"name": "customer", "ready": False, "restartCount": 4,
+    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container"}},
+    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}
+UNSCHEDULABLE = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+    "message": "0/3 nodes are available: 3 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."}]}
+STARTING = {"phase": "Pending", "containerStatuses": [{"name": "customer", "ready": False,
+    "state": {"waiting": {"reason": "ContainerCreating"}}}], "conditions": [{"type": "PodScheduled", "status": "True"},
+    {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [customer]"}]}
+READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+         "containerStatuses": [{"name": "customer", "ready": True, "state": {"running": {}}}]}
+
+
+def test_pod_problems_say_what_kubectl_would_show_with_the_cause():
+    def described(status):
+        return [p.describe() for p in waits.pod_problems(pod("customer-1-a", status))]
+
+    assert described(IMAGE_PULL) == [
+        'pod customer-1-a: ImagePullBackOff (container customer): Back-off pulling image "calico/yaobank-customer:multiarch"']
+    assert described(CRASH_LOOP) == ["pod customer-1-a: CrashLoopBackOff (container customer): last exit code 137 "
+                                     "(OOMKilled), 4 restarts, back-off 1m20s restarting failed container"]
+    assert described(UNSCHEDULABLE) == ["pod customer-1-a: Pending (Unschedulable): 0/3 nodes are available: "
+                                        "3 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."]
+    assert described(STARTING) == ["pod customer-1-a: Pending: ContainersNotReady: containers with unready status: [customer]"]
+    assert described(READY) == []
+
+
+def test_pod_next_steps_use_the_given_kubectl_and_name_the_image_setting():
+    problems = waits.pod_problems(pod("customer-1-a", IMAGE_PULL)) + waits.pod_problems(pod("customer-1-b", CRASH_LOOP))
+    steps = waits.pod_next_steps(problems, "yaobank", "multipass exec control -- sudo k3s kubectl", "yaobank_images")
+    assert steps == [
+        'check that the image "calico/yaobank-customer:multiarch" (setting yaobank_images) exists and that the VMs '
+        "reach its registry; fix the name with --data and re-run",
+        "`multipass exec control -- sudo k3s kubectl -n yaobank describe pod customer-1-a`",
+        "`multipass exec control -- sudo k3s kubectl -n yaobank logs customer-1-b -c customer --previous`",
+        "`multipass exec control -- sudo k3s kubectl -n yaobank describe pod customer-1-b`",
+    ]
+
+
+def test_wait_rollouts_failure_lists_each_pods_reason_its_warnings_and_the_next_commands(fast_polls):
+    dep = dict(deployment(updated=1, total=1, available=0, replicas=1), apiVersion="apps/v1", kind="Deployment")
+    dep["metadata"] = {"name": "customer", "namespace": "yaobank", "generation": 1}
+    dep["spec"]["selector"] = {"matchLabels": {"app": "customer"}}
+    api = MemoryApi([dep, pod("customer-5d-x1", IMAGE_PULL)])
+    selectors = []
+    real_list = api.list
+    api.list = lambda av, kind, namespace=None, label_selector=None: (selectors.append((kind, label_selector)),
+                                                                       real_list(av, kind, namespace))[1]
+    api.lists["Event"] = [
+        {"type": "Warning", "reason": "Failed", "message": 'Failed to pull image "calico/yaobank-customer:multiarch": not found',
+         "involvedObject": {"kind": "Pod", "name": "customer-5d-x1"}, "lastTimestamp": "2026-01-01T00:00:01Z"},
+        {"type": "Normal", "reason": "Pulling", "message": "Pulling image", "involvedObject": {"kind": "Pod", "name": "customer-5d-x1"}},
+    ]
+    with pytest.raises(waits.WaitFailed) as info:
+        waits.wait_rollouts(api, "yaobank", ["customer"], timeout=0.05, kubectl="k", image_setting="yaobank_images")
+    first, *steps = str(info.value).split("\nNext: ")
+    assert "timed out waiting for the condition after 0.05s" in first
+    assert ('pod customer-5d-x1: ImagePullBackOff (container customer): Back-off pulling image '
+            '"calico/yaobank-customer:multiarch"') in first
+    assert '\n  event: Warning Failed pod/customer-5d-x1: Failed to pull image' in first
+    assert "Pulling" not in first and "no related" not in first
+    assert ("Pod", "app=customer") in selectors
+    assert steps[-1] == "`k -n yaobank describe pod customer-5d-x1`"
+    assert "(setting yaobank_images)" in steps[0]
+
+
+def test_wait_rollouts_without_pods_points_at_the_deployment(fast_polls):
+    dep = dict(deployment(available=0), apiVersion="apps/v1", kind="Deployment")
+    dep["metadata"] = {"name": "summary", "namespace": "yaobank", "generation": 1}
+    with pytest.raises(waits.WaitFailed) as info:
+        waits.wait_rollouts(MemoryApi([dep]), "yaobank", ["summary"], timeout=0.05, kubectl="k")
+    assert str(info.value).endswith("\nNext: `k -n yaobank describe deployment summary`")
+
+
 def test_wait_rollouts_timeout(fast_polls):
     api = MemoryApi()
     logs = []
@@ -370,8 +450,11 @@ def test_wait_tigerastatus_degraded_after_grace(fast_polls):
         ]},
     }
     api = MemoryApi([ts])
-    with pytest.raises(waits.WaitFailed, match="tigerastatus/calico Degraded: PodFailure: calico-node: ImagePullBackOff"):
-        waits.wait_tigerastatus(api, "calico", timeout=5, degraded_grace=0.05)
+    with pytest.raises(waits.WaitFailed, match="tigerastatus/calico Degraded: PodFailure: calico-node: ImagePullBackOff") as info:
+        waits.wait_tigerastatus(api, "calico", timeout=5, degraded_grace=0.05, kubectl="k")
+    assert str(info.value).split("\nNext: ")[1:] == [
+        "`k describe tigerastatus calico`", "`k -n calico-system get pods`",
+        "`k -n tigera-operator logs deployment/tigera-operator --tail=50`"]
 
 
 def test_wait_tigerastatus_available_and_timeout(fast_polls):

@@ -504,6 +504,38 @@ def test_fake_cluster_degraded(request, emu):
     assert _conds(emu.store.list("v1", "Node")[0])["Ready"] == "False"
 
 
+def test_fake_cluster_pod_faults_from_a_switches_file(request, emu, tmp_path):
+    switches = tmp_path / "switches.json"
+    switches.write_text(json.dumps({"deployment_modes": {"default/web": "image-pull"}}))
+    cluster = FakeCluster(emu, nodes=[("control", "198.19.0.1"), ("node1", "198.19.0.2")], switches_file=str(switches))
+    request.addfinalizer(cluster.stop)
+    cluster.start()
+    emu.store.put(dict(json.loads(json.dumps(DEPLOY)), metadata={"name": "web", "namespace": "default"}))
+
+    def pods():
+        return emu.store.list("v1", "Pod", "default", label_selector="app=web")
+
+    pulled = _wait_for(lambda: len(pods()) == 2 and pods())
+    assert {p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] for p in pulled} == {"ImagePullBackOff"}
+    assert all(p["metadata"]["name"].startswith("web-") and p["spec"]["nodeName"] for p in pulled)
+    events = emu.store.list("v1", "Event", "default", field_selector=f"involvedObject.name={pulled[0]['metadata']['name']}")
+    assert 'Failed to pull image "nginx:1.25"' in " ".join(e["message"] for e in events)
+    status = _wait_for(lambda: emu.store.get("apps/v1", "Deployment", "web", "default").get("status"))
+    assert status["observedGeneration"] == 1 and status.get("availableReplicas", 0) == 0
+
+    switches.write_text(json.dumps({"deployment_modes": {"default/web": "unschedulable"}}))
+    pending = _wait_for(lambda: [p for p in pods() if p["status"]["phase"] == "Pending" and not p["spec"].get("nodeName")])
+    scheduled = next(c for c in pending[0]["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
+    assert scheduled["message"].startswith("0/2 nodes are available")
+    events = emu.store.list("v1", "Event", "default", field_selector=f"involvedObject.name={pending[0]['metadata']['name']}")
+    assert [e["reason"] for e in events] == ["FailedScheduling"]
+
+    switches.write_text(json.dumps({"deployment_modes": {}}))
+    _wait_for(lambda: pods() == [])
+    _wait_for(lambda: emu.store.get("apps/v1", "Deployment", "web", "default")["status"].get("availableReplicas") == 2)
+
+
 # ---- real kubectl ------------------------------------------------------------------------------------
 
 APP_YAML = """\

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
+from calicolab.constants import SERVER
 from calicolab.kube import waits
 from calicolab.kube.apply import (
     POOL_REBUILD_HINT,
@@ -89,6 +90,12 @@ def _connect(the_host, lab) -> KubeApi:
         extra_addresses=_extra_addresses(the_host),
         log=lambda message: the_host.log_styled(message, fg="yellow", log_func=logger.warning),
     )
+
+
+def kubectl_hint(lab) -> str:
+    """How a user runs kubectl against the lab from the workstation, for next-step commands
+    (works wherever Multipass does, with no kubeconfig): ``multipass exec control -- sudo k3s kubectl``."""
+    return f"{lab.multipass_bin} exec {SERVER} -- sudo k3s kubectl"
 
 
 def _error(the_host, step: str, cause: Any) -> bool:
@@ -253,7 +260,7 @@ def crds_established(names: list[str], timeout: float | None = None, lab=None):
         f"CRDs {', '.join(names)} Established",
         lab,
         probe,
-        lambda api, log: waits.wait_crds_established(api, names, timeout, log),
+        lambda api, log: waits.wait_crds_established(api, names, timeout, log, kubectl=kubectl_hint(lab)),
     )
 
 
@@ -270,7 +277,7 @@ def tigerastatus_available(status: str = "calico", timeout: float | None = None,
         f"tigerastatus/{status} Available",
         lab,
         probe,
-        lambda api, log: waits.wait_tigerastatus(api, status, timeout, log),
+        lambda api, log: waits.wait_tigerastatus(api, status, timeout, log, kubectl=kubectl_hint(lab)),
     )
 
 
@@ -288,13 +295,26 @@ def nodes_ready(names: list[str] | None = None, timeout: float | None = None, la
         f"nodes {', '.join(names)} Ready",
         lab,
         lambda api: waits.nodes_check(api.list("v1", "Node"), names),
-        lambda api, log: waits.wait_nodes_ready(api, names, timeout, log),
+        lambda api, log: waits.wait_nodes_ready(api, names, timeout, log, kubectl=kubectl_hint(lab)),
     )
 
 
 @operation()
-def rolled_out(namespace: str, names: list[str], timeout: float | None = None, lab=None):
-    """Wait until each Deployment ``names`` in ``namespace`` is rolled out (kubectl's rule)."""
+def rolled_out(
+    namespace: str,
+    names: list[str],
+    timeout: float | None = None,
+    lab=None,
+    image_setting: str | None = None,
+):
+    """Wait until each Deployment ``names`` in ``namespace`` is rolled out (kubectl's rule).
+
+    + image_setting: the setting that names the deployments' images, named when an image cannot be
+      pulled (e.g. ``"yaobank_images"``)
+
+    A failure names each pod's reason (ImagePullBackOff, CrashLoopBackOff, Pending with the
+    scheduler's message), its events and the next command to run.
+    """
     lab = _lab(lab)
     names = list(names)
     timeout = lab.timeout_rollout if timeout is None else timeout
@@ -315,7 +335,9 @@ def rolled_out(namespace: str, names: list[str], timeout: float | None = None, l
         f"rollout of {', '.join(names)} -n {namespace}",
         lab,
         probe,
-        lambda api, log: waits.wait_rollouts(api, namespace, names, timeout, log),
+        lambda api, log: waits.wait_rollouts(
+            api, namespace, names, timeout, log, kubectl=kubectl_hint(lab), image_setting=image_setting
+        ),
     )
 
 

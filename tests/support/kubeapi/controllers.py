@@ -7,7 +7,10 @@ on top of the emulator's store. Each behaviour is switchable so tests can provok
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -40,6 +43,69 @@ def operator_crds() -> list[dict]:
     cols.append({"name": "Since", "type": "date",
                  "jsonPath": ".status.conditions[?(@.type=='Available')].lastTransitionTime"})
     return [_crd("installations", "Installation"), _crd("tigerastatuses", "TigeraStatus", cols)]
+
+
+#: pod faults a deployment mode can show (see FakeCluster)
+POD_FAULTS = ("image-pull", "crash-loop", "unschedulable")
+FAULT_ANNOTATION = "netlab.test/pod-fault"
+_HASH_LETTERS = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet of Kubernetes' pod-template-hash
+
+
+def _template_hash(*parts) -> str:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return "".join(_HASH_LETTERS[b % len(_HASH_LETTERS)] for b in digest[:10])
+
+
+def _pod_fault(pod: dict, fault: str, node_count: int) -> tuple[dict, list[tuple[str, str, str, str]]]:
+    """Status and Events (type, reason, message, component) of a pod showing ``fault``, worded like the kubelet
+    (containerd) and the default scheduler."""
+    md, spec = pod["metadata"], pod["spec"]
+    where = f"{md['namespace']}/{md['name']}"
+    containers = spec.get("containers") or [{"name": "app", "image": "busybox"}]
+    if fault == "unschedulable":
+        message = (f"0/{node_count} nodes are available: {node_count} Insufficient memory. preemption: "
+                   f"0/{node_count} nodes are available: {node_count} No preemption victims found for incoming pod.")
+        return ({"phase": "Pending", "qosClass": "Burstable",
+                 "conditions": [_cond("PodScheduled", "False", "Unschedulable", message)]},
+                [("Warning", "FailedScheduling", message, "default-scheduler")])
+    events = [("Normal", "Scheduled", f"Successfully assigned {where} to {spec.get('nodeName')}", "default-scheduler")]
+    statuses = []
+    for container in containers:
+        image, cname = container.get("image", ""), container.get("name", "")
+        if fault == "image-pull":
+            ref = image if "/" in image.split(":")[0] and "." in image.split("/")[0] else f"docker.io/{image}"
+            pull_error = (f'failed to pull and unpack image "{ref}": failed to resolve reference "{ref}": '
+                          f"{ref}: not found")
+            events += [("Normal", "Pulling", f'Pulling image "{image}"', "kubelet"),
+                       ("Warning", "Failed", f'Failed to pull image "{image}": rpc error: code = NotFound desc = '
+                                             f"{pull_error}", "kubelet"),
+                       ("Warning", "Failed", "Error: ErrImagePull", "kubelet"),
+                       ("Normal", "BackOff", f'Back-off pulling image "{image}"', "kubelet"),
+                       ("Warning", "Failed", "Error: ImagePullBackOff", "kubelet")]
+            state = {"waiting": {"reason": "ImagePullBackOff",
+                                 "message": f'Back-off pulling image "{image}": ErrImagePull: {pull_error}'}}
+            statuses.append({"name": cname, "image": image, "imageID": "", "ready": False, "restartCount": 0,
+                             "started": False, "state": state})
+        else:  # crash-loop
+            events += [("Normal", "Pulled", f'Container image "{image}" already present on machine', "kubelet"),
+                       ("Normal", "Started", f"Started container {cname}", "kubelet"),
+                       ("Warning", "BackOff", f"Back-off restarting failed container {cname} in pod "
+                                              f"{md['name']}_{md['namespace']}", "kubelet")]
+            state = {"waiting": {"reason": "CrashLoopBackOff",
+                                 "message": f"back-off 40s restarting failed container={cname} "
+                                            f"pod={md['name']}_{md['namespace']}"}}
+            statuses.append({"name": cname, "image": image, "imageID": f"{image}@sha256:" + "0" * 64,
+                             "ready": False, "restartCount": 3, "started": False, "state": state,
+                             "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}})
+    unready = f"containers with unready status: [{' '.join(c.get('name', '') for c in containers)}]"
+    conditions = [_cond("PodScheduled", "True", ""), _cond("Initialized", "True", ""),
+                  _cond("Ready", "False", "ContainersNotReady", unready),
+                  _cond("ContainersReady", "False", "ContainersNotReady", unready)]
+    for c in conditions:
+        if not c["reason"]:
+            del c["reason"], c["message"]
+    phase = "Pending" if fault == "image-pull" else "Running"
+    return {"phase": phase, "qosClass": "Burstable", "conditions": conditions, "containerStatuses": statuses}, events
 
 
 def _cond(typ, status, reason, message="", ts=None) -> dict:
@@ -80,15 +146,19 @@ class FakeCluster:
     * calico_delay: 0.5; degraded_message: text of the Degraded condition; tigerastatuses: ("calico",).
     * nodes_ready: "calico" (default: Ready once tigerastatus calico is Available) | "always" | "never".
     * deployments: "rollout" (default) | "never" (observed but 0 available) | "deadline"
-      (ProgressDeadlineExceeded); deployment_modes: {"ns/name": mode} overrides; rollout_delay: 0.0 seconds.
+      (ProgressDeadlineExceeded) | a pod fault from POD_FAULTS ("image-pull", "crash-loop", "unschedulable": the
+      deployment stays unavailable and its pods show the fault in their status, with the kubelet's or the
+      scheduler's Events); deployment_modes: {"ns/name": mode} overrides; rollout_delay: 0.0 seconds.
     * daemonsets: True - DaemonSets roll out on all nodes (follows `deployments`).
+    * switches_file: a JSON file of switches ({"deployment_modes": {...}, "calico": ...}) re-read whenever it
+      changes, so a test can turn faults on and off in a running cluster (the test lab's fake k3s sets it).
     """
 
     def __init__(self, emu, nodes=(("control", "198.19.0.1"), ("node1", "198.19.0.2"), ("node2", "198.19.0.3")),
                  *, operator="rollout", manage_crds=True, calico="available", calico_delay=0.5,
                  degraded_message="calico-node: pod failed (CrashLoopBackOff)", tigerastatuses=("calico",),
                  nodes_ready="calico", deployments="rollout", deployment_modes=None, rollout_delay=0.0,
-                 daemonsets=True, interval=0.05, kubelet_version="v1.34.2+k3s1"):
+                 daemonsets=True, interval=0.05, kubelet_version="v1.34.2+k3s1", switches_file=None):
         self.emu, self.store = emu, emu.store
         self.nodes = list(nodes)
         self.operator, self.manage_crds = operator, manage_crds
@@ -98,6 +168,7 @@ class FakeCluster:
         self.deployment_modes = dict(deployment_modes or {})
         self.rollout_delay, self.daemonsets, self.interval = rollout_delay, daemonsets, interval
         self.kubelet_version = kubelet_version
+        self.switches_file, self._switches_mtime = switches_file, None
         self._seen: dict[tuple, float] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -166,7 +237,31 @@ class FakeCluster:
         return self.store.put(node, manager="k3s")
 
     # ---- one reconcile pass -------------------------------------------------------------------
+    SWITCHES = ("operator", "manage_crds", "calico", "calico_delay", "degraded_message", "nodes_ready",
+                "deployments", "deployment_modes", "rollout_delay", "daemonsets")
+
+    def _load_switches(self) -> None:
+        """Apply the switches file when it changed (a missing file means: no change)."""
+        try:
+            mtime = os.stat(self.switches_file).st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._switches_mtime:
+            return
+        self._switches_mtime = mtime
+        try:
+            with open(self.switches_file) as f:
+                switches = json.load(f)
+        except (OSError, ValueError):
+            log.warning("unreadable switches file %s", self.switches_file)
+            return
+        for key, value in switches.items():
+            if key in self.SWITCHES:
+                setattr(self, key, value)
+
     def reconcile(self) -> None:
+        if self.switches_file:
+            self._load_switches()
         for d in self.store.list("apps/v1", "Deployment"):
             key = (d["metadata"]["namespace"], d["metadata"]["name"])
             mode = self.operator if key == OPERATOR else self.deployment_modes.get("/".join(key), self.deployments)
@@ -199,14 +294,16 @@ class FakeCluster:
     def _deployment(self, d: dict, mode: str) -> None:
         md, n = d["metadata"], (d.get("spec") or {}).get("replicas", 1)
         gen, name = md.get("generation", 1), md["name"]
-        if mode not in ("never", "deadline") and not self._due(("deploy", md["namespace"], name), gen):
+        fault = mode in POD_FAULTS
+        if mode not in ("never", "deadline") and not fault and not self._due(("deploy", md["namespace"], name), gen):
             return
-        ok = mode not in ("never", "deadline")
+        ok = mode not in ("never", "deadline") and not fault
+        self._fault_pods(d, mode if fault else None)
         status = {"observedGeneration": gen, "replicas": n, "updatedReplicas": n,
                   "readyReplicas": n if ok else 0, "availableReplicas": n if ok else 0,
                   "unavailableReplicas": 0 if ok else n}
         status = {k: v for k, v in status.items() if v or k in ("observedGeneration",)}
-        rs = f'ReplicaSet "{name}-{abs(hash((name, gen))) % 10**10:010d}"'
+        rs = f'ReplicaSet "{name}-{_template_hash(name, gen)}"'
         conds = [_cond("Available", "True" if ok else "False",
                        "MinimumReplicasAvailable" if ok else "MinimumReplicasUnavailable",
                        "Deployment has minimum availability." if ok else
@@ -223,6 +320,44 @@ class FakeCluster:
             self.event(d, "ProgressDeadlineExceeded", f"{rs} has timed out progressing.",
                        component="deployment-controller")
         self._set_status("apps/v1", "Deployment", d, status)
+
+    # ---- pods of a deployment that cannot become ready --------------------------------------------
+    def _fault_pods(self, d: dict, fault: str | None) -> None:
+        """Keep one pod per replica showing ``fault`` (none: remove the pods a fault left behind)."""
+        md, spec = d["metadata"], d.get("spec") or {}
+        ns, name = md["namespace"], md["name"]
+        template_hash = _template_hash(name, md.get("generation", 1))
+        replica_set = f"{name}-{template_hash}"
+        pods = [p for p in self.store.list("v1", "Pod", ns)
+                if any(o.get("kind") == "ReplicaSet" and o.get("name", "").rsplit("-", 1)[0] == name
+                       for o in p["metadata"].get("ownerReferences") or [])]
+        for pod in pods:
+            if fault is None or (pod["metadata"].get("annotations") or {}).get(FAULT_ANNOTATION) != fault:
+                self.store.remove("v1", "Pod", pod["metadata"]["name"], ns)
+                pods = [p for p in pods if p is not pod]
+        if fault is None:
+            return
+        nodes = [nd["metadata"]["name"] for nd in self.store.list("v1", "Node")] or ["control"]
+        template = spec.get("template") or {}
+        for index in range(len(pods), spec.get("replicas", 1)):
+            pod_name = f"{replica_set}-{_template_hash(replica_set, index, fault)[:5]}"
+            pod_spec = dict(template.get("spec") or {})
+            if fault != "unschedulable":
+                pod_spec["nodeName"] = nodes[(index + 1) % len(nodes)]
+            pod = {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod_name, "namespace": ns,
+                             "labels": dict((template.get("metadata") or {}).get("labels") or {},
+                                            **{"pod-template-hash": template_hash}),
+                             "annotations": {FAULT_ANNOTATION: fault},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replica_set,
+                                                  "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, replica_set)),
+                                                  "controller": True, "blockOwnerDeletion": True}]},
+                "spec": pod_spec}
+            pod["status"], events = _pod_fault(pod, fault, len(nodes))
+            pod = self.store.put(pod, manager="fake-kubelet")  # with its status: never seen without one
+            for type_, reason, message, component in events:
+                self.event(pod, reason, message, type_=type_, component=component)
 
     def _daemonset(self, ds: dict, mode: str) -> None:
         md, n = ds["metadata"], len(self.store.list("v1", "Node"))
@@ -314,12 +449,12 @@ class FakeCluster:
 
 def start(emu) -> FakeCluster:
     """`--controllers tests.support.kubeapi.controllers:start` hook: a FakeCluster with default switches,
-    nodes from $KUBEAPI_FAKE_NODES ("name=ip,name=ip"), stopped together with the emulator."""
-    import os
+    nodes from $KUBEAPI_FAKE_NODES ("name=ip,name=ip"), switches file from $KUBEAPI_FAKE_SWITCHES, stopped
+    together with the emulator."""
     spec = os.environ.get("KUBEAPI_FAKE_NODES")
     nodes = [tuple(p.split("=", 1)) for p in spec.split(",") if "=" in p] if spec else \
         [("control", "198.19.0.1"), ("node1", "198.19.0.2"), ("node2", "198.19.0.3")]
-    cluster = FakeCluster(emu, nodes=nodes).start()
+    cluster = FakeCluster(emu, nodes=nodes, switches_file=os.environ.get("KUBEAPI_FAKE_SWITCHES")).start()
     emu.on_stop(cluster.stop)
     return cluster
 

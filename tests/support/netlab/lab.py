@@ -404,6 +404,9 @@ class NetLab:
         for sub in ("etc/systemd/system/multi-user.target.wants", "var/lib/cloud/instance", "var/log",
                     "usr/lib/systemd/system"):  # never "lib/...": /lib is a symlink in the lower layer
             (up / sub).mkdir(parents=True, exist_ok=True)
+        if vm.get("cloud_init_fault"):  # a test's fault injection, read by the cloud-init stand-in
+            (up / "var/lib/netlab").mkdir(parents=True, exist_ok=True)
+            (up / "var/lib/netlab/cloud-init-fault").write_text(vm["cloud_init_fault"])
         if user_data is not None:
             ud = up / "var/lib/cloud/instance/user-data.txt"
             ud.write_text(user_data)
