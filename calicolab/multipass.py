@@ -539,7 +539,7 @@ def explain_failure(action: str, name: str, failure: MultipassFailure, multipass
     message = failure.message.strip()
     rerun = "then re-run the deploy"
     hints = {
-        "daemon-down": daemon_down_hint() + f", {rerun}",
+        "daemon-down": daemon_down_hint(),
         "deleted": f"run `{mp} recover {name}` to keep it or `{mp} purge` to remove it for good, {rerun}",
         "already-exists": f"an instance named {name} appeared after this run looked: another calicolab run or "
         f"another process may be creating it right now. Check `{mp} list` and wait for that run to finish, "
@@ -576,7 +576,7 @@ def state_problem(name: str, state: str) -> str | None:
     if state in (UNKNOWN, "Unavailable"):
         return (
             f"instance {name} is in state {state} (happens after the host slept or crashed): restart the "
-            "Multipass daemon (Linux: `sudo snap restart multipass`), check `multipass list`, then re-run"
+            f"Multipass daemon with {_RESTART[workstation_os()]}, check `multipass list`, then re-run"
         )
     return None
 

@@ -305,7 +305,7 @@ def test_every_failure_ends_with_the_next_thing_to_try(file, action):
     assert "`" in hint, hint  # a command to paste
     if failure.kind not in ("daemon-down", "cloud-init"):
         assert "`/snap/bin/multipass " in hint or "--data " in hint, hint  # the lab's own client or a setting
-    assert hint.rstrip().endswith(("re-run the deploy", "re-run", "launches it")), hint
+    assert hint.rstrip().endswith(("re-run the deploy", "re-run", "run again", "launches it")), hint
 
 
 def test_an_unknown_failure_still_says_what_to_try():
