@@ -394,6 +394,7 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     s["calico_pool_nat_outgoing"] = check.choice("calico_pool_nat_outgoing", ENABLED_DISABLED)
     s["calico_pool_encapsulation"] = check.choice("calico_pool_encapsulation", ENCAPSULATIONS)
     s["calico_container_ip_forwarding"] = check.choice("calico_container_ip_forwarding", ENABLED_DISABLED)
+    s["calico_apiserver"] = check.choice("calico_apiserver", ENABLED_DISABLED)
     s["kubectl_version"] = check.pattern("kubectl_version", _SEMVER, "a Kubernetes release such as v1.35.4")
     s["calicoctl_version"] = check.pattern("calicoctl_version", _SEMVER, "a Calico release such as v3.32.1")
     for key in ("k3s_install_url", "kubectl_url", "kubectl_sha256_url", "calicoctl_url", "calicoctl_sha256_url"):
