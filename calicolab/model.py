@@ -512,6 +512,7 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     s["calico_pool_nat_outgoing"] = check.choice("calico_pool_nat_outgoing", ENABLED_DISABLED)
     s["calico_pool_encapsulation"] = check.choice("calico_pool_encapsulation", ENCAPSULATIONS)
     s["calico_container_ip_forwarding"] = check.choice("calico_container_ip_forwarding", ENABLED_DISABLED)
+    s["calico_apiserver"] = check.choice("calico_apiserver", ENABLED_DISABLED)
     # Empty: the release that matches the cluster (k3s' Kubernetes version, calico_version).
     s["kubectl_version"] = (check.pattern("kubectl_version", _SEMVER, "a Kubernetes release such as v1.35.4")
                             if check.data.get("kubectl_version") else _kubernetes_version(s["k3s_version"]))

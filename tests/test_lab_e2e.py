@@ -3,7 +3,7 @@
 The workstation side runs in the lab's workstation namespace with the multipass double first in PATH;
 downloads come from the lab's mirror through the ``--data`` URL overrides a user with a mirror would
 use. The tests run in order on one lab (each step builds on the previous one): dry run from nothing,
-build, re-run, dry-run diff of a pool change, stopped lab, restarted node. Root only.
+build, re-run, a pool change without and with the Calico API server, stopped lab, restarted node. Root only.
 """
 
 from __future__ import annotations
@@ -159,18 +159,73 @@ def test_rerun_reports_no_change_on_every_host(lab):
     assert totals["no_change"] > 0
 
 
-def test_dry_diff_of_a_pool_change_shows_exactly_that_field_and_changes_nothing(lab):
+def plain(result) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+
+
+def ippool(lab: Lab) -> dict:
+    return lab.kubectl_json("get", "ippools.crd.projectcalico.org", "default-ipv4-ippool")["spec"]
+
+
+def tigerastatus(lab: Lab, name: str) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in lab.kubectl_json("get", "tigerastatus", name)["status"]["conditions"]}
+
+
+def test_dry_diff_of_a_pool_change_shows_exactly_that_field_and_why_it_cannot_be_applied(lab):
     before = lab.kubectl_json("get", "installation", "default")
     result = lab.deploy("--dry", "--diff", data={"calico_pool_nat_outgoing": "Disabled"})
     assert result.returncode == 0, result.stderr[-3000:]
-    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    output = plain(result)
     changed = [re.sub(r"\s+", " ", line.strip()) for line in output.splitlines()
                if re.match(r"\s*[-+]\s", line) and not re.match(r"\s*(---|\+\+\+)", line)]
     assert changed == ["- natOutgoing: Enabled", "+ natOutgoing: Disabled"], changed
-    assert "install time" in output
+    assert "the operator cannot apply this change: IPPool default-ipv4-ippool (198.19.16.0/21): natOutgoing true -> false" in output
+    assert "--data calico_apiserver=Enabled" in output and "`pyinfra inventory.py teardown.py`, then deploy" in output
     after = lab.kubectl_json("get", "installation", "default")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert after["spec"]["calicoNetwork"]["ipPools"][0]["natOutgoing"] == "Enabled"
+
+
+def test_without_the_api_server_the_real_run_stops_at_the_pool_change_and_changes_nothing(lab):
+    before = lab.kubectl_json("get", "installation", "default")["metadata"]["resourceVersion"]
+    result = lab.deploy("-y", data={"calico_pool_nat_outgoing": "Disabled"})
+    output = plain(result)
+    assert result.returncode != 0
+    assert "apply installation manifest failed on control: Installation ipPools: the operator cannot apply" in output
+    assert "--data calico_apiserver=Enabled" in output and "teardown.py" in output
+    assert lab.kubectl_json("get", "installation", "default")["metadata"]["resourceVersion"] == before
+    assert ippool(lab)["natOutgoing"] is True
+    assert tigerastatus(lab, "ippools") == {"Available": "True", "Progressing": "False", "Degraded": "False"}
+
+
+def test_a_block_size_change_is_refused_against_the_live_pool_before_anything_runs(lab):
+    before = lab.snapshot()
+    result = lab.deploy("--dry", data={"calico_pool_block_size": 24})
+    assert result.returncode != 0
+    assert "calico_pool_block_size: 24 differs from the live IPPool default-ipv4-ippool (198.19.16.0/21)" in plain(result)
+    assert lab.snapshot() == before
+    assert ippool(lab)["blockSize"] == 26
+
+
+def test_with_the_api_server_nat_outgoing_is_applied_and_waited_for(lab):
+    data = {"calico_pool_nat_outgoing": "Disabled", "calico_apiserver": "Enabled"}
+    dry = lab.deploy("--dry", "--diff", data=data)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "the operator will apply this through the Calico API server: IPPool default-ipv4-ippool (198.19.16.0/21): natOutgoing true -> false" in plain(dry)
+    assert "+kind: APIServer" in plain(dry)
+    assert ippool(lab)["natOutgoing"] is True
+
+    result = lab.deploy("-y", data=data)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ippool(lab)["natOutgoing"] is False
+    assert tigerastatus(lab, "ippools")["Available"] == "True"
+    assert tigerastatus(lab, "apiserver")["Available"] == "True"
+
+    # back to the course's pool: the API server left in the cluster lets the operator apply it
+    back = lab.deploy("-y")
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-3000:]
+    assert ippool(lab)["natOutgoing"] is True
+    assert_lab_healthy(lab)
 
 
 def test_a_cloud_init_change_is_reported_per_vm_with_how_to_recreate_never_applied_silently(lab):

@@ -31,6 +31,7 @@ CASES = {
     "block-larger-than-pool": ({"calico_pool_block_size": 20}, "calico_pool_block_size", "larger than the pool"),
     "encapsulation-enum": ({"calico_pool_encapsulation": "vxlan"}, "calico_pool_encapsulation", "VXLANCrossSubnet"),
     "nat-outgoing-enum": ({"calico_pool_nat_outgoing": True}, "calico_pool_nat_outgoing", "Enabled, Disabled"),
+    "apiserver-enum": ({"calico_apiserver": "yes"}, "calico_apiserver", "Enabled, Disabled"),
     "ip-forwarding-enum": ({"calico_container_ip_forwarding": "yes"}, "calico_container_ip_forwarding", "Enabled"),
     "k3s-version": ({"k3s_version": "1.35.4"}, "k3s_version", "v1.35.4+k3s1"),
     "calico-version": ({"calico_version": "3.32.1"}, "calico_version", "v3.32.1"),

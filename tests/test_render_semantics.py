@@ -135,6 +135,19 @@ def test_installation_pool(lab):
     assert network["nodeAddressAutodetectionV4"] == {"cidrs": ["198.19.0.0/20"]}
 
 
+
+def test_another_pool_cidr_is_another_pool_with_its_own_name(defaults):
+    lab = load_lab(defaults | {"calico_pool_cidr": "198.19.16.0/22"})
+    pool = by_kind(lab, "installation", "Installation", "default")["spec"]["calicoNetwork"]["ipPools"][0]
+    assert (pool["name"], pool["cidr"]) == ("ipv4-ippool-198-19-16-0-22", "198.19.16.0/22")
+
+
+def test_the_apiserver_manifest_is_rendered_only_when_enabled(defaults):
+    assert "manifests/apiserver.yaml" not in render_all(load_lab(defaults))
+    enabled = render_all(load_lab(defaults | {"calico_apiserver": "Enabled"}))
+    assert documents(enabled["manifests/apiserver.yaml"]) == [
+        {"apiVersion": "operator.tigera.io/v1", "kind": "APIServer", "metadata": {"name": "default"}, "spec": {}}]
+
 def test_yaobank_placement_replicas_and_node_port(lab):
     def deployment(name):
         return by_kind(lab, "yaobank", "Deployment", name)

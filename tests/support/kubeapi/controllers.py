@@ -21,28 +21,31 @@ log = logging.getLogger(__name__)
 OPERATOR = ("tigera-operator", "tigera-operator")
 TIGERA = "operator.tigera.io/v1"
 CRD_API = "apiextensions.k8s.io/v1"
+CALICO_CRD = "crd.projectcalico.org/v1"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "tigera-operator")
 NOT_READY_MSG = ("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "
                  "message:Network plugin returns error: cni plugin not initialized")
 
 
-def _crd(plural: str, kind: str, columns=()) -> dict:
+def _crd(plural: str, kind: str, columns=(), group: str = "operator.tigera.io") -> dict:
     version = {"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}
     if columns:
         version["additionalPrinterColumns"] = list(columns)
     return {"apiVersion": CRD_API, "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.operator.tigera.io"},
-            "spec": {"group": "operator.tigera.io", "scope": "Cluster", "versions": [version],
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {"group": group, "scope": "Cluster", "versions": [version],
                      "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"}}}
 
 
 def operator_crds() -> list[dict]:
-    """The two CRDs the operator installs with -manage-crds that the lab relies on."""
+    """The CRDs the operator installs with -manage-crds that the lab relies on."""
     cols = [{"name": t, "type": "string", "jsonPath": f".status.conditions[?(@.type=='{t}')].status"}
             for t in ("Available", "Progressing", "Degraded")]
     cols.append({"name": "Since", "type": "date",
                  "jsonPath": ".status.conditions[?(@.type=='Available')].lastTransitionTime"})
-    return [_crd("installations", "Installation"), _crd("tigerastatuses", "TigeraStatus", cols)]
+    return [_crd("installations", "Installation"), _crd("tigerastatuses", "TigeraStatus", cols),
+            _crd("apiservers", "APIServer"), _crd("ippools", "IPPool", group="crd.projectcalico.org")]
 
 
 #: pod faults a deployment mode can show (see FakeCluster)
@@ -134,6 +137,25 @@ def _keep_times(old: dict | None, new: dict) -> dict:
                 if k in p:
                     c[k] = p[k]
     return new
+
+
+ENCAPSULATION_MODES = {"None": ("Never", "Never"), "IPIP": ("Always", "Never"), "IPIPCrossSubnet": ("CrossSubnet", "Never"),
+                       "VXLAN": ("Never", "Always"), "VXLANCrossSubnet": ("Never", "CrossSubnet")}
+
+
+def ippool_from_installation(pool: dict) -> dict:
+    """The crd.projectcalico.org/v1 IPPool the operator writes for one Installation pool (its defaults:
+    IPIP, natOutgoing Enabled, blockSize 26, nodeSelector all())."""
+    ipip, vxlan = ENCAPSULATION_MODES[pool.get("encapsulation", "IPIP")]
+    return {"apiVersion": CALICO_CRD, "kind": "IPPool",
+            "metadata": {"name": pool.get("name") or "default-ipv4-ippool", "labels": dict([MANAGED_BY])},
+            "spec": {"cidr": pool["cidr"], "blockSize": pool.get("blockSize", 26), "ipipMode": ipip,
+                     "vxlanMode": vxlan, "natOutgoing": pool.get("natOutgoing", "Enabled") == "Enabled",
+                     "nodeSelector": pool.get("nodeSelector", "all()"), "allowedUses": ["Workload", "Tunnel"]}}
+
+
+def _owned(pool: dict) -> bool:
+    return ((pool.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY[0]) == MANAGED_BY[1]
 
 
 class FakeCluster:
@@ -404,30 +426,125 @@ class FakeCluster:
             outcome = "progressing"
         for name in self.tigerastatuses:
             if outcome == "available":
-                conds = [_cond("Available", "True", "AllObjectsAvailable", "All objects available"),
-                         _cond("Progressing", "False", "AllObjectsAvailable", "All objects available"),
-                         _cond("Degraded", "False", "AllObjectsAvailable", "All objects available")]
+                self._tigerastatus(name, "available")
             elif outcome == "degraded":
-                conds = [_cond("Available", "False", "PodFailure", self.degraded_message),
-                         _cond("Progressing", "False", "PodFailure", self.degraded_message),
-                         _cond("Degraded", "True", "PodFailure", self.degraded_message)]
+                self._tigerastatus(name, "degraded", "PodFailure", self.degraded_message)
             else:
-                msg = "DaemonSet \"calico-system/calico-node\" is not available"
-                conds = [_cond("Available", "False", "ResourceNotReady", msg),
-                         _cond("Progressing", "True", "ResourceNotReady", msg),
-                         _cond("Degraded", "False", "ResourceNotReady", msg)]
-            ts = self.store.get(TIGERA, "TigeraStatus", name)
-            if ts is None:
-                ts = self.store.put({"apiVersion": TIGERA, "kind": "TigeraStatus", "metadata": {"name": name},
-                                     "spec": {}}, manager="tigera-operator")
-            if outcome == "degraded" and _conds_of(ts).get("Degraded") != "True":
-                self.event(ts, "PodFailure", self.degraded_message, component="tigera-operator")
-            self._set_status(TIGERA, "TigeraStatus", ts, {"conditions": conds})
+                self._tigerastatus(name, "progressing", "ResourceNotReady",
+                                   "DaemonSet \"calico-system/calico-node\" is not available")
+        self._ippools(inst)
+        self._apiserver(calico_up=outcome == "available")
         if outcome == "available":
             self._set_status(TIGERA, "Installation", inst, {
                 "variant": "Calico", "calicoVersion": "v3.32.1", "mtu": 1450,
                 "computed": inst.get("spec") or {},
                 "conditions": [_cond("Ready", "True", "AllObjectsAvailable", "All objects available")]})
+
+    def _tigerastatus(self, name: str, outcome: str, reason: str = "AllObjectsAvailable",
+                      message: str = "All objects available") -> None:
+        """Set tigerastatus/<name> to "available", "degraded" (an Event when it turns Degraded) or "progressing"."""
+        if outcome == "available":
+            conds = [_cond("Available", "True", reason, message), _cond("Progressing", "False", reason, message),
+                     _cond("Degraded", "False", reason, message)]
+        elif outcome == "degraded":
+            conds = [_cond("Available", "False", reason, message), _cond("Progressing", "False", reason, message),
+                     _cond("Degraded", "True", reason, message)]
+        else:
+            conds = [_cond("Available", "False", reason, message), _cond("Progressing", "True", reason, message),
+                     _cond("Degraded", "False", reason, message)]
+        ts = self.store.get(TIGERA, "TigeraStatus", name)
+        if ts is None:
+            ts = self.store.put({"apiVersion": TIGERA, "kind": "TigeraStatus", "metadata": {"name": name},
+                                 "spec": {}}, manager="tigera-operator")
+        if outcome == "degraded" and _conds_of(ts).get("Degraded") != "True":
+            self.event(ts, reason, message, component="tigera-operator")
+        self._set_status(TIGERA, "TigeraStatus", ts, {"conditions": conds})
+
+    # ---- the APIServer controller -------------------------------------------------------------
+    def _apiserver(self, calico_up: bool) -> None:
+        """APIServer `default` → tigerastatus/apiserver (Available once Calico is) and status.state Ready;
+        without it, no tigerastatus/apiserver (the operator removes it)."""
+        if self.store.get(CRD_API, "CustomResourceDefinition", "apiservers.operator.tigera.io") is None:
+            return
+        apiserver = self.store.get(TIGERA, "APIServer", "default")
+        if apiserver is None:
+            self.store.remove(TIGERA, "TigeraStatus", "apiserver")
+            return
+        if not calico_up:
+            self._tigerastatus("apiserver", "progressing", "ResourceNotReady",
+                               "Deployment \"calico-system/calico-apiserver\" is not available")
+            return
+        self._tigerastatus("apiserver", "available")
+        self._set_status(TIGERA, "APIServer", apiserver, {"state": "Ready", "conditions": [
+            _cond("Ready", "True", "AllObjectsAvailable", "All Objects are available")]})
+
+    def apiserver_ready(self) -> bool:
+        apiserver = self.store.get(TIGERA, "APIServer", "default") if self._has_crd("apiservers.operator.tigera.io") \
+            else None
+        return ((apiserver or {}).get("status") or {}).get("state") == "Ready"
+
+    # ---- the IP-pool controller (tigera/operator v1.34+, as in v1.42) ---------------------------
+    def _ippools(self, inst: dict) -> None:
+        """Reconcile spec.calicoNetwork.ipPools into the IPPools the operator owns (label managed-by, keyed by
+        CIDR; an unlabelled pool identical to an Installation pool is adopted). While no IPPool exists at all the
+        pools are created through the CRD API (bootstrap); every later create, update or delete goes through the
+        Calico API server (APIServer `default` Ready), else tigerastatus/ippools is Degraded and the pools stay as
+        they are. Writes are by name, as the operator's component handler does, and the v3 API refuses to change
+        a pool's CIDR or block size."""
+        if not self._has_crd("ippools.crd.projectcalico.org"):
+            return
+        network = (inst.get("spec") or {}).get("calicoNetwork") or {}
+        wanted = [ippool_from_installation(p) for p in network.get("ipPools") or []]
+        current = self.store.list(CALICO_CRD, "IPPool")
+        ours, not_ours = {}, set()
+        for pool in current:
+            cidr = pool["spec"].get("cidr")
+            if _owned(pool) or any(w["spec"] == pool["spec"] for w in wanted):
+                ours[cidr] = pool
+            else:
+                not_ours.add(cidr)
+        api = self.apiserver_ready()
+        for pool in wanted:
+            cidr = pool["spec"]["cidr"]
+            if cidr in not_ours:
+                return self._tigerastatus("ippools", "degraded", "ResourceValidationError",
+                                          "Cannot update an IP pool not owned by the operator")
+            have = ours.get(cidr)
+            if have is not None and have["spec"] == pool["spec"] and (_owned(have) or not api):
+                continue  # unchanged (with the API server an adopted pool gets the label)
+            if not current:
+                self.store.put(pool, manager="tigera-operator")
+            elif api:
+                refused = self._v3_write(pool)
+                if refused:
+                    return self._tigerastatus("ippools", "degraded", "ResourceUpdateError",
+                                              f"Error creating / updating IPPools: {refused}")
+            else:
+                return self._tigerastatus("ippools", "degraded", "ResourceNotReady",
+                                          "Unable to modify IP pools while Calico API server is unavailable")
+        wanted_cidrs = {pool["spec"]["cidr"] for pool in wanted}
+        for cidr, pool in ours.items():
+            if cidr in wanted_cidrs:
+                continue
+            if not api:
+                return self._tigerastatus("ippools", "degraded", "ResourceNotReady",
+                                          "Unable to delete IP pools while Calico API server is unavailable")
+            self.store.remove(CALICO_CRD, "IPPool", pool["metadata"]["name"])
+        self._tigerastatus("ippools", "available")
+
+    def _v3_write(self, pool: dict) -> str:
+        """Create or update the pool by name through the "v3 API"; the refusal text, or "" when written."""
+        live = self.store.get(CALICO_CRD, "IPPool", pool["metadata"]["name"])
+        if live is not None:
+            for field, label in (("cidr", "CIDR"), ("blockSize", "BlockSize")):
+                if live["spec"].get(field) != pool["spec"][field]:
+                    return (f"error with field IPPool.Spec.{label} = '{pool['spec'][field]}' "
+                            f"(IPPool {label} cannot be modified)")
+            live["spec"] = pool["spec"]
+            live["metadata"].setdefault("labels", {}).update(pool["metadata"]["labels"])
+            pool = live
+        self.store.put(pool, manager="tigera-operator")
+        return ""
 
     def calico_available(self) -> bool:
         ts = self.store.get(TIGERA, "TigeraStatus", "calico") if self._has_ts_crd() else None
@@ -435,7 +552,10 @@ class FakeCluster:
                    for c in ((ts or {}).get("status") or {}).get("conditions") or [])
 
     def _has_ts_crd(self) -> bool:
-        return self.store.get(CRD_API, "CustomResourceDefinition", "tigerastatuses.operator.tigera.io") is not None
+        return self._has_crd("tigerastatuses.operator.tigera.io")
+
+    def _has_crd(self, name: str) -> bool:
+        return self.store.get(CRD_API, "CustomResourceDefinition", name) is not None
 
     def _nodes(self) -> None:
         ready = self.nodes_ready == "always" or (self.nodes_ready == "calico" and self.calico_available())
