@@ -52,7 +52,7 @@ def test_every_runtime_package_installs_from_wheels_on_every_platform(tmp_path):
     runtime.write_text("".join(ln + "\n" for ln in (PROJECT / "requirements.txt").read_text().splitlines()
                                if not ln.startswith("-e")))
     combos = [(name, tags, python) for name, tags in PLATFORMS.items() for python in PYTHONS]
-    with ThreadPoolExecutor(max_workers=6) as pool:
+    with ThreadPoolExecutor(max_workers=len(combos)) as pool:
         results = list(pool.map(lambda c: (c[0], c[2], _resolve(c[1], c[2], runtime)), combos))
     failures = [f"{name} Python {python}: {result.stderr.strip().splitlines()[-1:]}"
                 for name, python, result in results if result.returncode != 0]
