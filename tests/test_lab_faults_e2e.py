@@ -12,8 +12,6 @@ The tests run in order on one lab. Root only.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from tests.test_lab_e2e import VMS, Lab, assert_lab_healthy, lab_session
@@ -30,11 +28,11 @@ RUN_LIMIT = 600
 LAUNCH_FAILURE = "The following errors occurred:\nnode2: failed to download image: connection reset by peer"
 
 
-class ClosedStdinLab(Lab):
-    """``Lab`` whose deploys run with stdin closed, as from a script or CI."""
+class FaultLab(Lab):
+    """``Lab`` (deploys run with stdin closed, as from a script or CI) that gives a run at most RUN_LIMIT."""
 
-    def deploy(self, *args: str, data: dict | None = None, timeout: float = RUN_LIMIT, **run_options):
-        return super().deploy(*args, data=data, timeout=timeout, stdin=subprocess.DEVNULL, **run_options)
+    def deploy(self, *args: str, data: dict | None = None, timeout: float = RUN_LIMIT):
+        return super().deploy(*args, data=data, timeout=timeout)
 
     def purge_vms(self) -> None:
         for name in VMS:
@@ -44,7 +42,7 @@ class ClosedStdinLab(Lab):
 
 @pytest.fixture(scope="module")
 def lab():
-    with lab_session(ClosedStdinLab) as lab:
+    with lab_session(FaultLab) as lab:
         yield lab
 
 
