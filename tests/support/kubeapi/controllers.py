@@ -7,11 +7,14 @@ on top of the emulator's store. Each behaviour is switchable so tests can provok
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 import uuid
 
+from . import calico_system
 from .store import now
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,10 @@ class FakeCluster:
     * deployments: "rollout" (default) | "never" (observed but 0 available) | "deadline"
       (ProgressDeadlineExceeded); deployment_modes: {"ns/name": mode} overrides; rollout_delay: 0.0 seconds.
     * daemonsets: True - DaemonSets roll out on all nodes (follows `deployments`).
+    * stopped_kubelets: [] - nodes whose kubelet stopped posting status (Ready=Unknown, NodeStatusUnknown).
+
+    ``calico``, ``nodes_ready``, ``deployments`` and ``stopped_kubelets`` are also read from the file named by
+    $KUBEAPI_FAKE_SWITCHES on every pass (see ``_read_switches``).
     """
 
     def __init__(self, emu, nodes=(("control", "198.19.0.1"), ("node1", "198.19.0.2"), ("node2", "198.19.0.3")),
@@ -98,6 +105,9 @@ class FakeCluster:
         self.deployment_modes = dict(deployment_modes or {})
         self.rollout_delay, self.daemonsets, self.interval = rollout_delay, daemonsets, interval
         self.kubelet_version = kubelet_version
+        self.stopped_kubelets: list[str] = []
+        self._switch_defaults = {"calico": calico, "nodes_ready": nodes_ready, "deployments": deployments,
+                                 "stopped_kubelets": []}
         self._seen: dict[tuple, float] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -166,7 +176,29 @@ class FakeCluster:
         return self.store.put(node, manager="k3s")
 
     # ---- one reconcile pass -------------------------------------------------------------------
+    def _read_switches(self) -> None:
+        """Switches from the JSON file named by $KUBEAPI_FAKE_SWITCHES (tests write it to break the cluster while
+        it runs, e.g. {"calico": "degraded", "stopped_kubelets": ["node2"]}); a missing key keeps its default."""
+        path = os.environ.get("KUBEAPI_FAKE_SWITCHES")
+        if not path:
+            return
+        try:
+            text = open(path).read()
+        except OSError:
+            text = "{}"
+        if text == getattr(self, "_switches_text", None):
+            return
+        self._switches_text = text
+        try:
+            wanted = json.loads(text or "{}")
+        except ValueError:
+            log.warning("fake cluster: switches file %s is not JSON", path)
+            return
+        for key, default in self._switch_defaults.items():
+            setattr(self, key, wanted.get(key, default))
+
     def reconcile(self) -> None:
+        self._read_switches()
         for d in self.store.list("apps/v1", "Deployment"):
             key = (d["metadata"]["namespace"], d["metadata"]["name"])
             mode = self.operator if key == OPERATOR else self.deployment_modes.get("/".join(key), self.deployments)
@@ -262,6 +294,7 @@ class FakeCluster:
         if inst is None or self.store.get(CRD_API, "CustomResourceDefinition",
                                           "tigerastatuses.operator.tigera.io") is None:
             return
+        calico_system.ensure(self.store, inst)
         first = self._seen.setdefault(("installation", inst["metadata"]["uid"]), time.monotonic())
         done = time.monotonic() - first >= self.calico_delay
         outcome = self.calico if done else "progressing"
@@ -307,8 +340,11 @@ class FakeCluster:
         for node in self.store.list("v1", "Node"):
             st = node.get("status") or {}
             conds = [c for c in st.get("conditions") or [] if c.get("type") != "Ready"]
-            conds.append(_cond("Ready", "True", "KubeletReady", "kubelet is posting ready status") if ready
-                         else _cond("Ready", "False", "KubeletNotReady", NOT_READY_MSG))
+            if node["metadata"]["name"] in self.stopped_kubelets:  # what the node lifecycle controller reports
+                conds.append(_cond("Ready", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."))
+            else:
+                conds.append(_cond("Ready", "True", "KubeletReady", "kubelet is posting ready status") if ready
+                             else _cond("Ready", "False", "KubeletNotReady", NOT_READY_MSG))
             self._set_status("v1", "Node", node, dict(st, conditions=conds))
 
 

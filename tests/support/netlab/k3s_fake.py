@@ -13,7 +13,8 @@
   node-ip) with the token as Bearer auth; 401 -> exits 1 with a clear error (systemd restarts it).
 * ``k3s kubectl ...``: the venv kubectl with KUBECONFIG=/etc/rancher/k3s/k3s.yaml (unless KUBECONFIG is set).
 
-Everything it decided is written to /var/lib/rancher/k3s/netlab-<server|agent>.json for tests.
+Everything it decided is written to /var/lib/rancher/k3s/netlab-<server|agent>.json for tests. Tests break the
+running cluster through /var/lib/rancher/k3s/server/netlab-switches.json (the fake controllers' switches).
 """
 import hashlib
 import ipaddress
@@ -262,7 +263,8 @@ def server(args):
         argv += ["--san-ip", ip]
     for n in dict.fromkeys(san_dns):
         argv += ["--san-dns", n]
-    env = dict(os.environ, PYTHONPATH=PROJECT_DIR, KUBEAPI_FAKE_NODES=f"{socket.gethostname()}={node_ip}")
+    env = dict(os.environ, PYTHONPATH=PROJECT_DIR, KUBEAPI_FAKE_NODES=f"{socket.gethostname()}={node_ip}",
+               KUBEAPI_FAKE_SWITCHES=f"{sdir}/netlab-switches.json")
     info = {"version": VERSION, "node_ip": node_ip, "tls_san": tls_sans, "service_cidr": service_cidr,
             "cluster_cidr": cluster_cidr, "flannel_backend": cfg.get("flannel-backend", "vxlan"),
             "disable_network_policy": bool(cfg.get("disable-network-policy", False)),
