@@ -183,7 +183,7 @@ def client_probe() -> str:
     return sectioned_script({
         "kubectl_version": "kubectl version --client -o json",
         "kubectl_nodes": "kubectl get nodes -o name",
-        "calicoctl_version": "timeout 20 calicoctl version --allow-version-mismatch",
+        "calicoctl_version": "timeout 20 calicoctl version",
         "calicoctl_pools": "calicoctl get ippools --allow-version-mismatch -o wide",
     })
 

@@ -123,8 +123,9 @@ def test_verify_passes_every_row_changes_nothing_and_keeps_json_pure(lab):
 
 
 def failing_verify(lab: CardLab, check: str) -> tuple[str, str]:
-    result = lab.run("verify.py", "-y")
+    result = lab.run("verify.py", "-y", "--json")
     assert result.returncode != 0
+    assert json.loads(result.stdout)["results"]["totals"]["success"] == 0, "a failing check is an error, not a change"
     rows = card(result)
     assert rows[check][0] == "FAIL", rows.get(check)
     assert bundle_path(result).is_dir(), "a failed verify writes a bundle by itself"
