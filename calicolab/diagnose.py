@@ -33,7 +33,15 @@ from pyinfra.api.state import BaseStateCallback
 
 from calicolab import checks
 from calicolab.constants import CLIENT, SERVER
-from calicolab.multipass import bin_argv, exec_argv, list_argv, run_parallel, run_process
+from calicolab.multipass import (
+    MultipassOutputError,
+    bin_argv,
+    exec_argv,
+    list_argv,
+    parse_list,
+    run_parallel,
+    run_process,
+)
 from calicolab.render import render_all
 from calicolab.state import FILE_MODE, FOLDER_MODE, MASK, SECRET_FILTER, LabState, mask, register_kubeconfig_secrets
 
@@ -122,6 +130,28 @@ class Bundle:
         """A part that could not be collected: say so in its place and in the summary."""
         self.problems.append(f"{relative}: {why}")
         self.write(relative, f"not collected: {why}")
+
+
+def list_instances(lab) -> tuple[dict | None, str]:
+    """``multipass list`` parsed (:func:`calicolab.multipass.parse_list`), or ``(None, why)``."""
+    try:
+        result = run_process(list_argv(lab.multipass_bin), timeout=COMMAND_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        return None, str(exc)
+    if not result.ok:
+        return None, (result.text("stderr") or result.text()).strip()
+    try:
+        return parse_list(result.stdout), ""
+    except MultipassOutputError as exc:
+        return None, str(exc)
+
+
+def lab_exists(lab) -> bool:
+    """Whether there is anything to diagnose: the state folder or one of the lab's VMs."""
+    if Path(lab.state_path).exists():
+        return True
+    instances, _ = list_instances(lab)
+    return any(name in (instances or {}) for name in lab.vms)
 
 
 def _output(result) -> str:
@@ -311,6 +341,9 @@ class CollectOnFailure(BaseStateCallback):
             return
         self.path = "collecting"
         logger = logging.getLogger("pyinfra")
+        if not lab_exists(self.lab):  # a failure before anything exists (e.g. no multipass): nothing to collect
+            logger.warning("no diagnostics bundle: neither a lab VM nor the state folder exists yet")
+            return
         try:
             self.path = collect_bundle(self.lab, report, self.run_log.lines,
                                        reason=f"the run failed: {names} on {host.name}")

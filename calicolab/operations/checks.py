@@ -19,9 +19,9 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from calicolab import checks
-from calicolab.constants import AGENTS, CLIENT, SERVER
+from calicolab.constants import CLIENT, SERVER
 from calicolab.kube.client import KubeError, connect
-from calicolab.multipass import MultipassOutputError, list_argv, parse_list, run_process
+from calicolab.diagnose import list_instances
 from calicolab.operations.common import fail_with
 from calicolab.render import render_manifest
 
@@ -43,20 +43,6 @@ def _record(rows: list[checks.Row]) -> None:
     checks.report_of(state).add(rows)
     failed = [row.check for row in rows if not row.ok]
     host.noop(f"{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
-
-
-def list_instances(lab) -> tuple[dict | None, str]:
-    """``multipass list`` parsed, or ``(None, why)``."""
-    try:
-        result = run_process(list_argv(lab.multipass_bin), timeout=60)
-    except (OSError, TimeoutError) as exc:
-        return None, str(exc)
-    if not result.ok:
-        return None, (result.text("stderr") or result.text()).strip()
-    try:
-        return parse_list(result.stdout), ""
-    except MultipassOutputError as exc:
-        return None, str(exc)
 
 
 @operation()
