@@ -1,4 +1,4 @@
-"""The lab's hosts. Addresses come from group_data/all.py (the one place for settings).
+"""The lab's hosts. Addresses and every other setting come from group_data/all.py.
 
 * ``control``: the k3s server; ``nodes``: the k3s agents; ``clients``: host1, outside the
   cluster (kubectl, calicoctl, BIRD).
@@ -6,21 +6,19 @@
 
 The VMs are reached through the ``@multipass/NAME`` connector, which works before a VM
 exists (it then reports what would be created instead of failing).
+
+pyinfra loads this file before it connects to any host, so the workstation is checked here
+first (settings, Multipass and its daemon, the lab's lock): a run that cannot succeed ends
+with one message before anything is asked or changed.
 """
 
-from calicolab.model import load_defaults
+from pathlib import Path
 
-_settings = load_defaults()
+from calicolab import preflight
 
+preflight.run(checkout=Path(__file__).parent)
 
-def _vm(name):
-    return (
-        f"@multipass/{name}",
-        {"lab_ip": _settings["lab_ips"][name], "mgmt_ip": _settings["mgmt_ips"][name]},
-    )
-
-
-control = [_vm("control")]
-nodes = [_vm("node1"), _vm("node2")]
-clients = [_vm("host1")]
+control = ["@multipass/control"]
+nodes = ["@multipass/node1", "@multipass/node2"]
+clients = ["@multipass/host1"]
 workstation = ["@local"]

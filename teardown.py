@@ -6,14 +6,14 @@
 
 Only instances named in the lab settings are touched (never ``multipass delete --all``); other
 Multipass instances on the machine stay. The state folder (``lab.state_path``: join token,
-kubeconfig) is removed only when the whole lab is.
+kubeconfig) is emptied of calicolab's files only when the whole lab is removed, and only when it
+carries calicolab's marker; it is removed when nothing else is left in it.
 """
 
 from pyinfra import host, state
-from pyinfra.operations import files
 
 from calicolab.model import lab_for_host
-from calicolab.operations import multipass
+from calicolab.operations import local_state, multipass
 from calicolab.operations.barrier import barrier
 
 lab = lab_for_host(host)
@@ -30,10 +30,9 @@ if host.name == "@local":
         multipass_bin=lab.multipass_bin,
     )
     if whole_lab:
-        files.directory(
-            name=f"Remove the lab state folder {lab.state_path}",
+        local_state.removed(
+            name=f"Remove the lab state in {lab.state_path}",
             path=str(lab.state_path),
-            present=False,
         )
 elif host.name in lab.vms and "@local" not in active:
     # `--limit NAME` without the workstation: the VM host removes itself (runs multipass locally)

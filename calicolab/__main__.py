@@ -7,46 +7,47 @@ the same settings (and ``--data`` overrides) as ``pyinfra inventory.py deploy.py
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from pyinfra_cli.util import parse_cli_arg
 
 from calicolab.model import LabConfigError, load_defaults, load_lab
 from calicolab.render import render_all
 
 
-def parse_data_value(text: str):
-    """Convert a ``--data`` value exactly as pyinfra's CLI does: booleans, integers, JSON, else text."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def parse_overrides(pairs: list[str]) -> dict:
-    """``key=value`` pairs, converted the way pyinfra's ``--data`` converts them."""
+    """``key=value`` pairs, converted by pyinfra's own ``--data`` parser."""
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise LabConfigError([f"--data {pair!r}: expected key=value, e.g. --data calico_version=v3.31.7"])
-        overrides[key.strip()] = parse_data_value(value)
+        overrides[key.strip()] = parse_cli_arg(value)
     return overrides
+
+
+class OutputError(Exception):
+    """OUT_DIR cannot take the rendered files (the message names the path and the fix)."""
+
+
+def write_files(out_dir: Path, files: dict[str, str]) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file; give a folder to render into (it is created if missing)")
+    for relative, text in files.items():
+        target = out_dir / relative
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        except OSError as error:
+            where = error.filename or target
+            raise OutputError(f"cannot write {where}: {error.strerror}; give a folder you can write to") from None
 
 
 def render_command(out_dir: Path, pairs: list[str]) -> int:
     lab = load_lab(load_defaults() | parse_overrides(pairs))
     files = render_all(lab)
-    for relative, text in files.items():
-        target = out_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+    write_files(out_dir, files)
     sys.stderr.write(f"rendered {len(files)} files into {out_dir}\n")
     return 0
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return render_command(args.out_dir, args.data)
-    except LabConfigError as error:
+    except (LabConfigError, OutputError) as error:
         sys.stderr.write(f"calicolab: {error}\n")
         return 2
 

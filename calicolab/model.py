@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import runpy
+import string
+import urllib.parse
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from calicolab.constants import AGENTS, CLIENT, SERVER, VM_NAMES
+from calicolab.state import marker_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GROUP_DATA_ALL = PROJECT_ROOT / "group_data" / "all.py"
@@ -33,11 +37,25 @@ ROLES = {SERVER: "server", **{name: "agent" for name in AGENTS}, CLIENT: "client
 
 _K3S_VERSION = re.compile(r"^v\d+\.\d+\.\d+\+k3s\d+$")
 _SEMVER = re.compile(r"^v\d+\.\d+\.\d+$")
-_IMAGE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+:[\w][\w.-]{0,127}$")
-_UBUNTU_IMAGE = re.compile(r"^(\d{2}\.\d{2}|[a-z]+)$")
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMG])?(?:i?B)?$", re.IGNORECASE)
-_URL = re.compile(r"^https?://[^\s'\"`$\\]+$")
+# Container image references, as the distribution project's reference grammar defines them
+# (distribution/reference `regexp.go`): an optional registry host, lowercase path components, then a
+# tag and/or a digest. Matched whole (fullmatch), so a trailing newline or a capital letter fails.
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+# A first component is a registry host only when it has a dot or a port, or is localhost.
+_IMAGE_HOST = r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|[A-Za-z0-9-]+(?=:))(?::\d+)?/"
+_IMAGE_TAG = r":[\w][\w.-]{0,127}"
+_IMAGE_DIGEST = r"@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_IMAGE_NAME = rf"(?:{_IMAGE_HOST})?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*"
+#: With a tag or a digest (the operator image), and with both optional (YaoBank's images).
+_IMAGE = re.compile(rf"{_IMAGE_NAME}(?:{_IMAGE_TAG}(?:{_IMAGE_DIGEST})?|{_IMAGE_DIGEST})")
+_IMAGE_ANY = re.compile(rf"{_IMAGE_NAME}(?:{_IMAGE_TAG})?(?:{_IMAGE_DIGEST})?")
+_UBUNTU_IMAGE = re.compile(r"\d{2}\.(?:04|10)|[a-z]+")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMG])?(?:i?B)?", re.IGNORECASE)
 _SIZE_FACTORS = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+#: The only placeholders a download URL may use.
+URL_FIELDS = ("version", "arch")
+# Longest state_dir accepted: macOS' PATH_MAX is 1024 and the folder's files need room below it.
+STATE_DIR_MAX = 900
 
 # The tigera-operator release that ships with each Calico release (Calico's release manifests).
 OPERATOR_FOR_CALICO = {
@@ -49,8 +67,8 @@ OPERATOR_REGISTRY = "quay.io/tigera/operator"
 # Kubernetes minor versions each Calico minor is tested on (Calico's system requirements).
 KUBERNETES_FOR_CALICO = {"3.30": (31, 35), "3.31": (32, 35), "3.32": (34, 36)}
 
-# Data keys that belong to the inventory or to connectors rather than to group_data.
-HOST_KEYS = {"lab_ip", "mgmt_ip", "multipass_instance"}
+# Host data the @multipass connector sets itself (not a setting of group_data).
+HOST_KEYS = {"multipass_instance"}
 
 
 class LabConfigError(ValueError):
@@ -71,6 +89,10 @@ class VM:
     cpus: int
     memory: str
     disk: str
+
+    @property
+    def memory_bytes(self) -> int:
+        return _size_bytes(self.memory)
 
 
 @dataclass(frozen=True)
@@ -169,7 +191,7 @@ class _Checker:
 
     def pattern(self, key: str, regex: re.Pattern, hint: str) -> str | None:
         def convert(value: Any) -> str:
-            if not isinstance(value, str) or not regex.match(value):
+            if not isinstance(value, str) or not regex.fullmatch(value):
                 raise ValueError("")
             return value
 
@@ -232,8 +254,90 @@ def _check_versions(check: _Checker, s: dict[str, Any]) -> None:
         )
 
 
+def _ubuntu_image(value: Any) -> str:
+    """A Multipass image alias. pyinfra's ``--data ubuntu_image=24.04`` arrives as the float 24.04
+    (its CLI parses values as JSON); Ubuntu versions are YY.MM with a two-digit month, so two decimals
+    give the text back exactly (22.10 -> 22.1 -> "22.10")."""
+    if isinstance(value, float):
+        value = f"{value:.2f}"
+    if not isinstance(value, str) or not _UBUNTU_IMAGE.fullmatch(value):
+        raise ValueError("")
+    return value
+
+
+def _download_url(value: Any) -> str:
+    """An https:// URL whose only placeholders are ``{version}`` and ``{arch}``."""
+    if not isinstance(value, str) or not re.fullmatch(r"[^\s'\"`$\\]+", value):
+        raise ValueError("")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("downloads must use https://")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError:
+        raise ValueError("unbalanced { or }") from None
+    unknown = sorted(fields - set(URL_FIELDS))
+    if unknown:
+        raise ValueError("unknown placeholder " + ", ".join("{" + name + "}" for name in unknown))
+    return value
+
+
+def _kubernetes_version(k3s_version: str | None) -> str | None:
+    """``v1.35.4+k3s1`` -> ``v1.35.4``: the Kubernetes release a k3s release is built from."""
+    return k3s_version.split("+", 1)[0] if k3s_version else None
+
+
+def _minor(version: str | None) -> tuple[int, int] | None:
+    match = re.match(r"v(\d+)\.(\d+)\.", version or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _check_tool_skew(check: _Checker, s: dict[str, Any]) -> None:
+    """host1's kubectl within one minor of k3s' Kubernetes (Kubernetes' version skew policy), and
+    calicoctl the same minor as Calico (calicoctl refuses a mismatched cluster)."""
+    kubectl, kube = _minor(s.get("kubectl_version")), _minor(s.get("k3s_version"))
+    if kubectl and kube and (kubectl[0] != kube[0] or abs(kubectl[1] - kube[1]) > 1):
+        check.problem(
+            "kubectl_version",
+            f"{s['kubectl_version']} is more than one minor away from Kubernetes {kube[0]}.{kube[1]} "
+            f"(k3s_version {s['k3s_version']}); use v{kube[0]}.{kube[1] - 1} to v{kube[0]}.{kube[1] + 1}, "
+            f"e.g. v{kube[0]}.{kube[1]}.0",
+        )
+    calicoctl, calico = _minor(s.get("calicoctl_version")), _minor(s.get("calico_version"))
+    if calicoctl and calico and calicoctl != calico:
+        check.problem(
+            "calicoctl_version",
+            f"{s['calicoctl_version']} is not Calico {calico[0]}.{calico[1]} (calico_version {s['calico_version']}); "
+            f"use the same minor, e.g. {s['calico_version']}",
+        )
+
+
+def _state_path(check: _Checker, state_dir: str | None, base_dir: Path | None) -> Path | None:
+    """The absolute state folder, refused when it is a place teardown must never remove."""
+    if state_dir is None:
+        return None
+    path = Path(os.path.expanduser(state_dir))
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    if len(str(path)) > STATE_DIR_MAX or any(len(part.encode()) > 255 for part in path.parts):
+        check.problem("state_dir", f"{state_dir!r} is too long (at most {STATE_DIR_MAX} characters, 255 per folder name); use a shorter path such as .calicolab")
+        return None
+    path = Path(os.path.abspath(path))
+    resolved = path.resolve()
+    protected = {Path(path.anchor): "/", Path.home().resolve(): "your home folder", PROJECT_ROOT: "the calicolab checkout"}
+    for place, label in protected.items():
+        if resolved == place or resolved in place.parents:
+            check.problem("state_dir", f"{state_dir!r} is {label if resolved == place else 'a folder that contains ' + label}; calicolab removes its state folder on teardown, so give a folder of its own such as .calicolab")
+            return None
+    problem = marker_problem(path)
+    if problem:
+        check.problem("state_dir", problem)
+        return None
+    return resolved
+
+
 def _size_bytes(value: Any) -> int:
-    match = _SIZE.match(str(value).strip())
+    match = _SIZE.fullmatch(str(value).strip())
     if not match:
         raise ValueError("")
     return int(float(match.group(1)) * _SIZE_FACTORS[(match.group(2) or "").upper() or None])
@@ -274,9 +378,11 @@ def _check_vms(check: _Checker) -> dict[str, VM]:
             check.problem(f"vm_cpus.{name}", f"{value!r} is not valid; expected a whole number of CPUs from 1 to 64")
         else:
             parsed[name]["cpus"] = int(value)
-    for key, values, minimum, minimum_text in (
-        ("vm_memory", memory, 512 * 1024**2, "512M"),
-        ("vm_disk", disk, 1024**3, "1G"),
+    # Minimums are Multipass' own (512M memory, 1G disk on current releases); the maximums are far
+    # beyond any workstation, so a value above them is a typo (2048G for 2048M).
+    for key, values, minimum, minimum_text, maximum, maximum_text in (
+        ("vm_memory", memory, 512 * 1024**2, "512M", 256 * 1024**3, "256G"),
+        ("vm_disk", disk, 1024**3, "1G", 4096 * 1024**3, "4096G"),
     ):
         for name in VM_NAMES:
             if name not in values:
@@ -289,6 +395,9 @@ def _check_vms(check: _Checker) -> dict[str, VM]:
                 continue
             if size < minimum:
                 check.problem(f"{key}.{name}", f"{value!r} is too small; at least {minimum_text}")
+                continue
+            if size > maximum:
+                check.problem(f"{key}.{name}", f"{value!r} is more than any workstation has; at most {maximum_text} (did you mean M instead of G?)")
                 continue
             parsed[name][key] = str(value).strip()
 
@@ -360,14 +469,23 @@ def _check_networks(check: _Checker, settings: dict[str, Any], data: Mapping[str
     return lab_network, mgmt_network
 
 
+def _containing(key: str, known: set[str]) -> list[str]:
+    """Settings whose name contains ``key`` once case and underscores are ignored (natOutgoing)."""
+    bare = key.replace("_", "").replace("-", "").lower()
+    return sorted(name for name in known if len(bare) >= 4 and bare in name.replace("_", "").lower())[:1]
+
+
 def _check_unknown_keys(check: _Checker, data: Mapping[str, Any], known: set[str]) -> None:
-    """Catch typos such as ``--data calico_verison=...``, which pyinfra would silently accept."""
+    """Refuse settings calicolab does not have: pyinfra would accept ``--data natOutgoing=Disabled``
+    silently and change nothing."""
     for key in data:
         if key in known or key in HOST_KEYS or key.startswith("_"):
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6) or _containing(key, known)
         if close:
             check.problem(key, f"unknown setting; did you mean {close[0]!r}?")
+        else:
+            check.problem(key, "unknown setting; every setting calicolab has is listed in group_data/all.py")
 
 
 def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
@@ -375,7 +493,7 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     check = _Checker(data)
     s: dict[str, Any] = {}
 
-    s["ubuntu_image"] = check.pattern("ubuntu_image", _UBUNTU_IMAGE, "a Multipass image alias such as 24.04, 22.04 or noble")
+    s["ubuntu_image"] = check.convert("ubuntu_image", _ubuntu_image, "a Multipass image alias such as 24.04, 22.04 or noble")
     s["multipass_bin"] = check.pattern("multipass_bin", re.compile(r"^[\w./+-]+$"), "a command name or path, e.g. multipass or /snap/bin/multipass")
     s["multipass_exec_timeout"] = check.integer("multipass_exec_timeout", 10, 86400)
     s["lab_prefix"] = check.integer("lab_prefix", 8, 29)
@@ -394,10 +512,14 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     s["calico_pool_nat_outgoing"] = check.choice("calico_pool_nat_outgoing", ENABLED_DISABLED)
     s["calico_pool_encapsulation"] = check.choice("calico_pool_encapsulation", ENCAPSULATIONS)
     s["calico_container_ip_forwarding"] = check.choice("calico_container_ip_forwarding", ENABLED_DISABLED)
-    s["kubectl_version"] = check.pattern("kubectl_version", _SEMVER, "a Kubernetes release such as v1.35.4")
-    s["calicoctl_version"] = check.pattern("calicoctl_version", _SEMVER, "a Calico release such as v3.32.1")
+    s["calico_apiserver"] = check.choice("calico_apiserver", ENABLED_DISABLED)
+    # Empty: the release that matches the cluster (k3s' Kubernetes version, calico_version).
+    s["kubectl_version"] = (check.pattern("kubectl_version", _SEMVER, "a Kubernetes release such as v1.35.4")
+                            if check.data.get("kubectl_version") else _kubernetes_version(s["k3s_version"]))
+    s["calicoctl_version"] = (check.pattern("calicoctl_version", _SEMVER, "a Calico release such as v3.32.1")
+                              if check.data.get("calicoctl_version") else s["calico_version"])
     for key in ("k3s_install_url", "kubectl_url", "kubectl_sha256_url", "calicoctl_url", "calicoctl_sha256_url"):
-        s[key] = check.pattern(key, _URL, "an http(s) URL without spaces or quotes")
+        s[key] = check.convert(key, _download_url, "an https:// URL without spaces or quotes, using only the placeholders {version} and {arch}")
     s["bgp_as_number"] = check.integer("bgp_as_number", 1, 4294967294)
     s["yaobank_namespace"] = check.pattern("yaobank_namespace", re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"), "a Kubernetes namespace name (lowercase letters, digits and '-')")
     s["yaobank_summary_replicas"] = check.integer("yaobank_summary_replicas", 1, 20)
@@ -408,15 +530,16 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
             check.problem("yaobank_images", f"{images!r} is not valid; expected a mapping with exactly customer, summary and database")
         else:
             for name, image in images.items():
-                if not isinstance(image, str) or not re.match(r"^[\w][\w./-]*(:[\w][\w.-]*)?$", image):
+                if not isinstance(image, str) or not _IMAGE_ANY.fullmatch(image):
                     check.problem(f"yaobank_images.{name}", f"{image!r} is not an image reference such as calico/yaobank-{name}:multiarch")
             s["yaobank_images"] = dict(images)
     for key in ("timeout_cloud_init", "timeout_k3s_ready", "timeout_operator_ready", "timeout_calico_available",
                 "timeout_nodes_ready", "timeout_rollout", "timeout_app_answer"):
         s[key] = check.integer(key, 1, 86400)
-    s["state_dir"] = check.pattern("state_dir", re.compile(r"^[^\s'\"`$\\]+$"), "a folder path without spaces or quotes, e.g. .calicolab")
+    s["state_dir"] = check.pattern("state_dir", re.compile(r"[^\s'\"`$\\]+"), "a folder path without spaces or quotes, e.g. .calicolab")
 
     _check_versions(check, s)
+    _check_tool_skew(check, s)
     vms = _check_vms(check)
     for key in ("lab_ips", "mgmt_ips", "vm_cpus", "vm_memory", "vm_disk"):
         s[key] = data.get(key)
@@ -426,9 +549,9 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     if check.problems:
         raise LabConfigError(check.problems)
 
-    state_path = Path(s["state_dir"])
-    if not state_path.is_absolute():
-        state_path = (base_dir or Path.cwd()) / state_path
+    state_path = _state_path(check, s["state_dir"], base_dir)
+    if check.problems:
+        raise LabConfigError(check.problems)
     return Lab(settings=s, vms=vms, state_path=state_path.resolve(), lab_network=lab_network, mgmt_network=mgmt_network)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import shlex
 import signal
@@ -92,6 +93,10 @@ def bin_argv(multipass_bin: str | None) -> list[str]:
 
 def shell_join(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(arg)) for arg in argv)
+
+
+def version_argv(multipass_bin: str | None = None) -> list[str]:
+    return [*bin_argv(multipass_bin), "version", "--format", "json"]
 
 
 def list_argv(multipass_bin: str | None = None) -> list[str]:
@@ -239,6 +244,33 @@ def parse_list(text: str | bytes) -> dict[str, dict[str, Any]]:
     return instances
 
 
+#: The oldest Multipass release calicolab supports: the JSON shapes, states and messages it relies on
+#: are those of 1.14 to 1.16 (list's "Ubuntu <release>" strings since 1.11, `exec` starting a stopped
+#: instance since 1.9, `launch --cloud-init -` and `--timeout`).
+MINIMUM_VERSION = (1, 14, 0)
+
+
+def parse_version(text: str | bytes) -> tuple[str, str | None]:
+    """``multipass version --format json`` -> ``(client, daemon)``; daemon is None when it did not answer.
+
+    The client prints its own version even when the daemon is down, and then leaves ``multipassd`` out
+    (canonical/multipass ``json_formatter.cpp``, ``format(VersionReply)``); exit code 0 in both cases.
+    """
+    data = _load_json(text, "multipass version --format json")
+    if not isinstance(data, dict) or not isinstance(data.get("multipass"), str):
+        raise MultipassOutputError('multipass version --format json: expected {"multipass": "X.Y.Z", ...}')
+    daemon = data.get("multipassd")
+    return data["multipass"], daemon if isinstance(daemon, str) and daemon else None
+
+
+def version_tuple(version: str) -> tuple[int, int, int] | None:
+    """``"1.16.3+mac"`` -> ``(1, 16, 3)``; None when it does not start with a version number."""
+    match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
 def release_version(release: str) -> str | None:
     """``"Ubuntu 24.04 LTS"`` / ``"20.04 LTS"`` -> ``"24.04"`` / ``"20.04"``; ``"Not Available"`` -> None."""
     match = re.search(r"\b(\d+\.\d+)(?:\.\d+)?\b", release or "")
@@ -292,10 +324,12 @@ def parse_info(text: str | bytes) -> dict[str, dict[str, Any]]:
 
 
 def parse_cloud_init_status(lines: Iterable[str]) -> dict[str, Any] | None:
-    """Parse ``cloud-init status [--long]``: ``{"status", "extended_status", "detail", "errors"}``."""
+    """Parse ``cloud-init status [--long]``: ``{"status", "extended_status", "detail", "errors",
+    "error_list"}``; ``error_list`` holds the entries of the ``errors:`` block (``- ('module', Error(...))``)."""
     result: dict[str, Any] = {}
     detail_lines: list[str] = []
-    in_detail = False
+    error_list: list[str] = []
+    block = None
     for raw in lines:
         line = raw.rstrip()
         if not line.strip():
@@ -304,20 +338,79 @@ def parse_cloud_init_status(lines: Iterable[str]) -> dict[str, Any] | None:
         key = key.strip()
         if sep and key in ("status", "extended_status", "boot_status_code", "last_update", "time", "errors",
                            "recoverable_errors"):
-            in_detail = False
+            block = key
             result[key] = value.strip()
             continue
         if sep and key == "detail":
-            in_detail = True
+            block = "detail"
             if value.strip():
                 detail_lines.append(value.strip())
             continue
-        if in_detail:
+        if block == "detail":
             detail_lines.append(line.strip())
+        elif block == "errors" and line.strip().startswith("- "):
+            error_list.append(line.strip()[2:].strip())
+        elif sep and not raw[:1].isspace():
+            block = None  # another key (WARNING:, ...)
     if "status" not in result:
         return None
     result["detail"] = "\n".join(detail_lines)
+    result["error_list"] = error_list
     return result
+
+
+# cloud-init reports a failed module as ``('module_name', SomeError('...'))``
+_MODULE_ERROR_RE = re.compile(r"\(\s*'([A-Za-z0-9_-]+)'\s*,\s*(.*?)\)?\s*$")
+#: what a cloud-init module runs from the user-data, for modules whose name does not say it
+MODULE_RUNS = {
+    "scripts_user": "the runcmd commands",
+    "package_update_upgrade_install": "packages",
+    "scripts_per_once": "per-once scripts",
+    "scripts_per_boot": "per-boot scripts",
+}
+
+
+def cloud_init_failed_modules(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``[(module, error)]`` from parsed ``cloud-init status --long`` (the ``errors:`` block since
+    cloud-init 23.4, the ``detail:`` text before that)."""
+    entries = list(parsed.get("error_list") or [])
+    entries += [line for line in str(parsed.get("detail") or "").splitlines() if line.startswith("(")]
+    found: list[tuple[str, str]] = []
+    for entry in entries:
+        match = _MODULE_ERROR_RE.match(entry.strip())
+        if match and match.group(1) not in [module for module, _ in found]:
+            found.append((match.group(1), match.group(2).strip()))
+    return found
+
+
+def recreate_hint(name: str, multipass_bin: str | None = None) -> str:
+    """How to build one VM again from its cloud-init (which runs only on first boot)."""
+    mp = shell_join(bin_argv(multipass_bin))
+    return (
+        f"cloud-init runs only on a VM's first boot: recreate {name} with `{mp} delete --purge {name}`, "
+        f"then re-run the deploy (it launches {name} again)"
+    )
+
+
+def cloud_init_error_message(name: str, parsed: Mapping[str, Any], multipass_bin: str | None = None) -> str:
+    """The failing module(s), the raw status, where the log is, and how to recreate the VM.
+
+    Example first line: ``cloud-init failed in node2 (status: error), module scripts_user (the runcmd
+    commands): RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands')``
+    """
+    mp = shell_join(bin_argv(multipass_bin))
+    modules = cloud_init_failed_modules(parsed)
+    what = "; ".join(
+        f"module {module}" + (f" ({MODULE_RUNS[module]})" if module in MODULE_RUNS else "") + f": {error}"
+        for module, error in modules
+    ) or "no failing module named"
+    raw = "\n".join(f"        {line}" for line in str(parsed.get("raw") or "").splitlines())
+    return (
+        f"cloud-init failed in {name} (status: error), {what}\n"
+        f"`cloud-init status --long`:\n{raw}\n"
+        f"Its output: `{mp} exec {name} -- sudo tail -n 50 /var/log/cloud-init-output.log`\n"
+        f"Next: fix the cause (a setting or the network), then {recreate_hint(name, multipass_bin)}"
+    )
 
 
 def user_data_digest(text: str) -> str:
@@ -382,39 +475,95 @@ def classify_error(returncode: int | None, stdout: str | bytes = "", stderr: str
     return MultipassFailure("other", message or f"exit code {returncode}")
 
 
-def daemon_down_hint() -> str:
+def workstation_os() -> str:
+    """``"macos"``, ``"wsl"``, ``"windows"`` or ``"linux"``: which install and restart commands apply here."""
+    system = platform.system()
+    if system == "Darwin":
+        return "macos"
+    if system == "Windows":
+        return "windows"
+    if "microsoft" in platform.release().lower():
+        return "wsl"
+    return "linux"
+
+
+_INSTALL = {
+    "macos": f"`brew install --cask multipass` (or the installer from {INSTALL_URL})",
+    "linux": "`sudo snap install multipass`",
+    "wsl": f"Multipass for Windows from {INSTALL_URL}, then set --data multipass_bin=multipass.exe",
+    "windows": f"the Windows installer from {INSTALL_URL}",
+}
+_RESTART = {
+    "macos": "`sudo launchctl kickstart -k system/com.canonical.multipassd`",
+    "linux": "`sudo snap restart multipass`",
+    "wsl": "`Restart-Service Multipass` in an administrator PowerShell on Windows",
+    "windows": "`Restart-Service Multipass` in an administrator PowerShell",
+}
+_UPGRADE = {
+    "macos": f"`brew upgrade --cask multipass` (or the installer from {INSTALL_URL})",
+    "linux": "`sudo snap refresh multipass`",
+    "wsl": f"the current Windows installer from {INSTALL_URL}",
+    "windows": f"the current Windows installer from {INSTALL_URL}",
+}
+
+
+def daemon_down_hint(os_name: str | None = None) -> str:
+    restart = _RESTART[os_name or workstation_os()]
     return (
-        "the Multipass daemon does not answer: run `multipass wait-ready` or restart it "
-        "(Linux: `sudo snap restart multipass`; macOS: `sudo launchctl kickstart -k system/com.canonical.multipassd`; "
-        "Windows: restart the Multipass service)"
+        f"the Multipass daemon does not answer: restart it with {restart}, wait until "
+        "`multipass version` lists multipassd, then run again"
     )
 
 
-def not_installed_hint(multipass_bin: str | None) -> str:
+def not_installed_hint(multipass_bin: str | None, os_name: str | None = None) -> str:
     return (
-        f"multipass not found: install it from {INSTALL_URL} or set multipass_bin "
-        f"(currently {multipass_bin or DEFAULT_BIN!r})"
+        f"multipass not found: install it with {_INSTALL[os_name or workstation_os()]}, or set multipass_bin "
+        f"to where it is (currently {multipass_bin or DEFAULT_BIN!r})"
     )
 
 
-def explain_failure(action: str, name: str, failure: MultipassFailure) -> str:
-    """One actionable sentence for a failed Multipass call about instance ``name``."""
+def upgrade_hint(found: str, minimum: str, os_name: str | None = None) -> str:
+    return (
+        f"Multipass {found} is older than {minimum}, the oldest release calicolab supports: upgrade it with "
+        f"{_UPGRADE[os_name or workstation_os()]}, then run again"
+    )
+
+
+def explain_failure(action: str, name: str, failure: MultipassFailure, multipass_bin: str | None = None) -> str:
+    """What failed, Multipass' own message, then the next thing to try (a command to paste or a setting).
+
+    Example: ``explain_failure("start", "node1", classify_error(2, "", "start failed: ..."))`` →
+    ``"start node1 failed: start failed: ... Next: run `multipass start node1` to see ... then re-run the deploy"``
+    """
+    mp = shell_join(bin_argv(multipass_bin))
     message = failure.message.strip()
+    rerun = "then re-run the deploy"
     hints = {
         "daemon-down": daemon_down_hint(),
-        "deleted": f"run `multipass recover {name}` to keep it or `multipass purge` to remove it for good",
-        "already-exists": f"an instance named {name} already exists (maybe deleted but not purged): "
-        f"`multipass recover {name}` or `multipass delete --purge {name}`",
-        "being-prepared": "another launch of this instance is running: wait for it and re-run",
-        "bad-image": "use an image alias listed by `multipass find` (ubuntu_image)",
-        "cloud-init": "the rendered cloud-init was rejected: check it with `python -m calicolab render`",
-        "timeout": "Multipass timed out; on slow links raise timeout_cloud_init and re-run",
+        "deleted": f"run `{mp} recover {name}` to keep it or `{mp} purge` to remove it for good, {rerun}",
+        "already-exists": f"an instance named {name} appeared after this run looked: another calicolab run or "
+        f"another process may be creating it right now. Check `{mp} list` and wait for that run to finish, "
+        f"{rerun}; only if nothing uses {name}, remove it (`{mp} delete --purge {name}`) and re-run",
+        "being-prepared": f"another launch of {name} is running: wait for it (`{mp} list`), {rerun}",
+        "bad-image": f"set ubuntu_image to an alias listed by `{mp} find` (e.g. --data ubuntu_image=24.04), "
+        "then re-run the deploy",
+        "cloud-init": "the rendered cloud-init was rejected: check it with `python -m calicolab render OUT_DIR` "
+        f"(OUT_DIR/cloud-init/{name}.yaml), fix the setting it comes from, {rerun}",
+        "timeout": f"Multipass timed out; check `{mp} list` and `{mp} info {name}`; on slow links raise "
+        f"timeout_cloud_init (e.g. --data timeout_cloud_init=1800), {rerun}",
+        "does-not-exist": f"{name} does not exist (any more, see `{mp} list`): re-run the deploy, which "
+        "launches it",
+        "not-running": f"start it with `{mp} start {name}`, {rerun}",
     }
-    hint = hints.get(failure.kind)
-    text = f"{action} {name} failed: {message or 'no message'}"
-    if hint:
-        text += f" ({hint})"
-    return text
+    generic = {
+        "launch": f"check `{mp} list` and `{mp} info {name}` and the free memory and disk for the VM sizes "
+        f"(vm_memory, vm_disk); fix the cause, {rerun} (it launches only the missing VMs)",
+        "start": f"run `{mp} start {name}` to see the whole error and `{mp} info {name}`; fix the cause, {rerun}",
+    }
+    hint = hints.get(failure.kind) or generic.get(
+        action, f"run `{mp} {action} {name}` to see the whole error; fix the cause, {rerun}"
+    )
+    return f"{action} {name} failed: {message or 'no message'}. Next: {hint}"
 
 
 def state_problem(name: str, state: str) -> str | None:
@@ -427,7 +576,7 @@ def state_problem(name: str, state: str) -> str | None:
     if state in (UNKNOWN, "Unavailable"):
         return (
             f"instance {name} is in state {state} (happens after the host slept or crashed): restart the "
-            "Multipass daemon (Linux: `sudo snap restart multipass`), check `multipass list`, then re-run"
+            f"Multipass daemon with {_RESTART[workstation_os()]}, check `multipass list`, then re-run"
         )
     return None
 

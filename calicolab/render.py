@@ -26,10 +26,11 @@ import jinja2
 import yaml
 
 from calicolab import constants
+from calicolab.kube.pools import pool_name
 from calicolab.model import Lab
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-MANIFESTS = ("tigera-operator", "installation", "yaobank")
+MANIFESTS = ("tigera-operator", "apiserver", "installation", "yaobank")
 
 
 def quote(value: Any) -> str:
@@ -59,6 +60,7 @@ def _environment() -> jinja2.Environment:
     env.filters["to_yaml"] = to_yaml
     env.filters["shquote"] = lambda value: shlex.quote(str(value))
     env.filters["suffix"] = lambda text, ending: f"{text}{ending}"
+    env.filters["pool_name"] = pool_name
     # Static files of our own (scripts) embedded verbatim; they carry no values.
     env.globals["lookup_file"] = lambda relative: (TEMPLATES_DIR / relative).read_text().rstrip("\n")
     return env
@@ -124,5 +126,7 @@ def render_all(lab: Lab) -> dict[str, str]:
     files["bird/bird.conf"] = render_bird_conf(lab)
     files["host1/profile.sh"] = render_profile(lab)
     for which in MANIFESTS:
+        if which == "apiserver" and lab.calico_apiserver != "Enabled":
+            continue  # the lab runs without the Calico API server
         files[f"manifests/{which}.yaml"] = render_manifest(lab, which)
     return files

@@ -3,7 +3,10 @@
 The folder holds what the lab needs to remember between runs and that must stay private:
 
 * ``cluster-token``: the k3s join token, generated once per lab with :mod:`secrets`;
-* ``kubeconfig.yaml``: the admin kubeconfig fetched from control (it carries a client key).
+* ``kubeconfig.yaml``: the admin kubeconfig fetched from control (it carries a client key);
+* ``calicolab-state``: the marker that says calicolab made this folder. Teardown removes a folder
+  only when it carries the marker, and then only calicolab's own files in it;
+* ``run.lock``: held (``flock``) by the run that is changing the lab, with its pid and start time.
 
 The folder is mode 0700 and every file in it 0600. Files are written atomically (a temporary
 name created with ``O_CREAT | O_EXCL`` and mode 0600, then renamed), so a reader never sees a
@@ -16,11 +19,13 @@ pyinfra's logger (and its handlers) and that replaces any registered secret with
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import logging
 import os
 import re
 import secrets as _secrets
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,15 @@ FILE_MODE = 0o600
 
 TOKEN_FILE = "cluster-token"
 KUBECONFIG_FILE = "kubeconfig.yaml"
+MARKER_FILE = "calicolab-state"
+LOCK_FILE = "run.lock"
+#: Everything calicolab writes into the state folder (teardown removes these and nothing else).
+OWN_FILES = (TOKEN_FILE, KUBECONFIG_FILE, LOCK_FILE, MARKER_FILE)
+_TEMP_FILE_RE = re.compile(r"^\.[A-Za-z0-9._-]+\.[0-9a-f]{12}\.tmp$")
+MARKER_TEXT = (
+    "This folder holds one calicolab lab's private state (join token, admin kubeconfig).\n"
+    "`pyinfra inventory.py teardown.py` removes calicolab's files here and nothing else.\n"
+)
 
 # 24 random bytes = 48 hex characters. k3s accepts a short (password-style) token for the
 # first server; agents join with the same short token (lab-facts.md §6.4).
@@ -44,6 +58,49 @@ MASK = "***"
 
 class StateError(Exception):
     """The local state folder or one of its files cannot be used (message names the path)."""
+
+
+class LabBusy(StateError):
+    """Another calicolab run holds the lab's lock; ``holder`` is its ``{"pid", "started"}``."""
+
+    def __init__(self, path: Path, holder: dict[str, str]):
+        self.holder = holder
+        super().__init__(
+            f"another calicolab run (pid {holder.get('pid', '?')}, started {holder.get('started', '?')}) holds "
+            f"the lab ({path}): wait for it to finish, or stop it, then run again"
+        )
+
+
+def is_own_file(name: str) -> bool:
+    """True for a file calicolab writes into the state folder (its files and their temporary copies)."""
+    return name in OWN_FILES or bool(_TEMP_FILE_RE.match(name))
+
+
+def marker_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used as (or removed as) calicolab's state folder, or None.
+
+    A folder is calicolab's when it carries the marker. A folder without it is accepted only while it
+    holds nothing but calicolab's own files (a state folder from before the marker existed).
+    """
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink():
+        return f"{path} is a symlink; give the folder itself"
+    if not path.is_dir():
+        return f"{path} exists and is not a folder"
+    if (path / MARKER_FILE).is_file():
+        return None
+    try:
+        foreign = sorted(name for name in os.listdir(path) if not is_own_file(name))
+    except OSError as e:
+        return f"{path} cannot be read: {e.strerror}"
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        return (
+            f"{path} already exists and was not made by calicolab (no {MARKER_FILE} marker; it holds {shown}); "
+            "choose a new folder, e.g. the default .calicolab"
+        )
+    return None
 
 
 # --- Masking ---------------------------------------------------------------------------
@@ -204,27 +261,101 @@ class LabState:
             raise StateError(f"state folder {self.path} exists and is not a directory") from None
         if not self.path.is_dir():
             raise StateError(f"state folder {self.path} exists and is not a directory")
+        problem = marker_problem(self.path)
+        if problem:
+            raise StateError(problem)
+        marker = self.path / MARKER_FILE
+        if not marker.exists():
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+            with os.fdopen(fd, "w") as f:
+                f.write(MARKER_TEXT)
         current = stat.S_IMODE(self.path.stat().st_mode)
         if current != FOLDER_MODE:
             os.chmod(self.path, FOLDER_MODE)
             logger.info("state folder %s: mode %04o tightened to %04o", self.path, current, FOLDER_MODE)
         return self.path
 
-    def exists(self) -> bool:
-        return self.path.is_dir()
+    def own_files(self) -> list[Path]:
+        """calicolab's files in the folder (what :meth:`remove` deletes); empty without the marker."""
+        if marker_problem(self.path) or not self.path.is_dir() or not (self.path / MARKER_FILE).is_file():
+            return []
+        return sorted(self.path / name for name in os.listdir(self.path) if is_own_file(name))
 
-    def remove(self) -> bool:
-        """Delete the state folder and everything in it (teardown). Returns True if it existed."""
+    def remove(self) -> list[str]:
+        """Teardown: delete calicolab's files, then the folder if nothing else is left in it.
 
-        if self.path.is_symlink():
-            self.path.unlink()
-            return True
+        Only a folder with the marker is touched, and only the files calicolab writes; anything else
+        stays, and so does the folder then. Returns the names of what was left in place.
+        """
+        problem = marker_problem(self.path)
+        if problem:
+            raise StateError(f"not removing the state folder: {problem}")
         if not self.path.exists():
-            return False
-        if self.path == Path(self.path.anchor) or self.path == Path.home():
-            raise StateError(f"refusing to remove {self.path}")
-        shutil.rmtree(self.path)
-        return True
+            return []
+        marker = self.path / MARKER_FILE
+        for path in self.own_files():
+            if path != marker:
+                path.unlink(missing_ok=True)
+        left = sorted(name for name in os.listdir(self.path) if name != MARKER_FILE)
+        if left:
+            return left
+        marker.unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        return []
+
+    # -- the run lock
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def lock_holder(self) -> dict[str, str] | None:
+        """The run holding the lock (``{"pid", "started"}``), or None. Never creates anything."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _read_holder(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def lock(self) -> tuple[int, dict[str, str] | None]:
+        """Take the lab's lock for this process; returns ``(fd, stale)``.
+
+        ``stale`` is the record of an earlier run that ended without releasing the lock (it was killed):
+        its lock is taken over. Raises :class:`LabBusy` while another live run holds it. The lock is an
+        ``flock``, so the kernel releases it when this process ends, however it ends; keep ``fd`` open.
+        """
+        self.ensure()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LabBusy(self.path, holder) from None
+        stale = _read_holder(fd) or None
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid={os.getpid()}\nstarted={started}\n".encode(), 0)
+        return fd, stale
+
+    @staticmethod
+    def unlock(fd: int) -> None:
+        """Release a lock from :meth:`lock`: an empty lock file means the last run ended cleanly."""
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
 
     # -- files
     def _file(self, name: str) -> Path:
@@ -374,6 +505,11 @@ class LabState:
             ensure=ensure,
             missing=f"will install the admin kubeconfig (fetched from control into {self.kubeconfig_path})",
         )
+
+
+def _read_holder(fd: int) -> dict[str, str]:
+    text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 _KUBECONFIG_SECRET_RE = re.compile(

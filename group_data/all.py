@@ -51,14 +51,22 @@ calico_pool_block_size = 26
 calico_pool_nat_outgoing = "Enabled"
 calico_pool_encapsulation = "None"
 calico_container_ip_forwarding = "Enabled"
+# The Calico API server (operator APIServer resource). The operator changes the pool (natOutgoing,
+# encapsulation, CIDR) after install only through it. Disabled by default to keep the 1G workers lean:
+# it runs as a Deployment with 2 replicas by default (Installation controlPlaneReplicas), and Calico's
+# kind test cluster gives each a 64Mi request / 256Mi limit (projectcalico/calico#12215); not measured
+# here. Without it a pool change needs a rebuild, or enabling it first; the course uses calicoctl.
+calico_apiserver = "Disabled"
 # Ranges used later in the course: the external pool and the service external IPs.
 # host1's BGP filter accepts routes for them (and for service_cidr), never the default pool.
 external_pool_cidr = "198.19.24.0/21"
 service_external_cidr = "198.19.48.0/20"
 
 # --- Tools on host1 ------------------------------------------------------------------
-kubectl_version = "v1.35.4"
-calicoctl_version = "v3.32.1"
+# Empty: the kubectl of k3s' Kubernetes release, and the calicoctl of calico_version. A pinned
+# kubectl must be within one minor of k3s, a pinned calicoctl the same minor as Calico.
+kubectl_version = ""
+calicoctl_version = ""
 # Downloads are verified against the upstream checksum files before they are installed.
 kubectl_url = "https://dl.k8s.io/release/{version}/bin/linux/{arch}/kubectl"
 kubectl_sha256_url = "https://dl.k8s.io/release/{version}/bin/linux/{arch}/kubectl.sha256"

@@ -27,4 +27,5 @@ def deploy(lab=None) -> None:
         names=YAOBANK_DEPLOYMENTS,
         timeout=lab.timeout_rollout,
         lab=lab,
+        image_setting="yaobank_images",
     )

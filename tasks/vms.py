@@ -9,10 +9,11 @@ Call ``vms_running(lab)`` from the deploy on every host (it picks what to do per
    (cloud-init only runs on first boot; recreating is left to the user).
 """
 
-from pyinfra import host
+from pyinfra import host, state
+from pyinfra.api.exceptions import PyinfraError
 
 from calicolab.model import lab_for_host
-from calicolab.multipass import InstanceSpec
+from calicolab.multipass import RUNNING, InstanceSpec
 from calicolab.operations import multipass
 from calicolab.operations.barrier import barrier
 from calicolab.render import render_cloud_init
@@ -37,8 +38,39 @@ def vm_specs(lab) -> list[InstanceSpec]:
     ]
 
 
+def vms_left_down(lab, run_state=None) -> list[str]:
+    """The lab VMs in this run that are not running while the workstation, which launches and starts
+    them, is left out (``--limit node2``, ``--exclude @local``); ``[]`` when the workstation takes part.
+
+    Example: ``--limit node2`` with node2 stopped → ``["node2 is Stopped"]``.
+    """
+    run_state = run_state or state
+    inventory = run_state.inventory
+    workstation = inventory.get_host("@local", None)
+    if workstation is not None and run_state.is_host_in_limit(workstation):
+        return []
+    down = []
+    for vm_host in inventory:
+        if vm_host.name in lab.vms and run_state.is_host_in_limit(vm_host):
+            vm_state = vm_host.connector_data.get("multipass_state")
+            if vm_state != RUNNING:
+                down.append(f"{vm_host.name} is {vm_state or 'not created yet'}")
+    return down
+
+
+def require_workstation_for(down: list[str]) -> None:
+    """Stop before anything runs when VMs must be started but the workstation is not in the run."""
+    if down:
+        raise PyinfraError(
+            f"{'; '.join(down)}: the run leaves out the workstation (@local), which launches and starts the "
+            "lab VMs. Run the deploy without --limit, or add the workstation: --limit @local (it then starts "
+            "every lab VM that is not running)"
+        )
+
+
 def vms_running(lab=None) -> None:
     lab = lab or lab_for_host(host)
+    require_workstation_for(vms_left_down(lab))
 
     if is_workstation(host):
         multipass.instances(

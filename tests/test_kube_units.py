@@ -1,4 +1,4 @@
-"""Pure unit tests of calicolab.kube: rollout rule, ordering, normalisation and diff, pool flag,
+"""Pure unit tests of calicolab.kube: rollout rule, ordering, normalisation and diff, pool changes,
 the polling waits against an in-memory API, and the k3s-kubectl fallback with canned output."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from calicolab.kube import apply as kapply
 from calicolab.kube import client as kclient
-from calicolab.kube import waits
+from calicolab.kube import pools, waits
 from calicolab.kube.client import ApplyConflict, KubeApi, KubectlApi, NotFound
 from calicolab.kube.diff import normalise, unified_diff
 
@@ -219,12 +219,12 @@ def test_diff_of_absent_object_is_a_creation():
     assert "uid" not in text
 
 
-# --- pool settings flag --------------------------------------------------------------------------
+# --- pool changes as the operator applies them (kube.pools) -------------------------------------
 
 
-def installation(cidr="198.19.16.0/21", nat="Enabled", encap="None", block=26, extra=None):
-    pool = {"cidr": cidr, "natOutgoing": nat, "encapsulation": encap, "blockSize": block}
-    pool.update(extra or {})
+def installation(cidr="198.19.16.0/21", nat="Enabled", encap="None", block=26):
+    pool = {"name": pools.pool_name(cidr), "cidr": cidr, "natOutgoing": nat, "encapsulation": encap,
+            "blockSize": block, "nodeSelector": "all()"}
     return {
         "apiVersion": "operator.tigera.io/v1",
         "kind": "Installation",
@@ -233,21 +233,83 @@ def installation(cidr="198.19.16.0/21", nat="Enabled", encap="None", block=26, e
     }
 
 
-def test_pool_changes_none_when_live_adds_defaults():
-    live = installation(extra={"name": "default-ipv4-ippool", "nodeSelector": "all()", "disableBGPExport": False})
-    assert kapply.pool_changes(live, installation()) == []
+def ippool(cidr="198.19.16.0/21", nat=True, ipip="Never", vxlan="Never", block=26, owned=True):
+    labels = {"app.kubernetes.io/managed-by": "tigera-operator"} if owned else {}
+    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": pools.pool_name(cidr), "labels": labels},
+            "spec": {"cidr": cidr, "blockSize": block, "natOutgoing": nat, "ipipMode": ipip, "vxlanMode": vxlan,
+                     "nodeSelector": "all()", "allowedUses": ["Workload", "Tunnel"]}}
 
 
-def test_pool_changes_reports_each_setting():
-    changes = kapply.pool_changes(installation(), installation(cidr="10.10.0.0/16", encap="VXLAN"))
-    assert len(changes) == 2
-    assert any("cidr: '198.19.16.0/21' -> '10.10.0.0/16'" in c for c in changes)
-    assert any("encapsulation" in c for c in changes)
+def test_pool_names_keep_the_course_name_and_give_other_cidrs_their_own():
+    assert pools.pool_name("198.19.16.0/21") == "default-ipv4-ippool"
+    assert pools.pool_name("198.19.16.0/22") == "ipv4-ippool-198-19-16-0-22"
 
 
-def test_pool_changes_ignored_for_new_installation_and_other_kinds():
-    assert kapply.pool_changes(None, installation()) == []
-    assert kapply.pool_changes(live_deployment(), live_deployment()) == []
+def test_an_unchanged_pool_needs_nothing_and_a_fresh_cluster_is_bootstrapped_without_the_api_server():
+    assert pools.plan_pools(installation(), [ippool()]).changes == []
+    fresh = pools.plan_pools(installation(), [])
+    assert fresh.changes and fresh.bootstrap and not fresh.needs_apiserver
+    assert pools.review_message(fresh, apiserver=False) == ("", False)
+
+
+@pytest.mark.parametrize("wanted, change", [
+    (installation(nat="Disabled"), "natOutgoing true -> false"),
+    (installation(encap="VXLAN"), "vxlanMode Never -> Always"),
+    (installation(encap="IPIPCrossSubnet"), "ipipMode Never -> CrossSubnet"),
+])
+def test_a_changed_pool_is_an_update_of_the_owned_pool(wanted, change):
+    plan = pools.plan_pools(wanted, [ippool()])
+    assert plan.updates == [f"IPPool default-ipv4-ippool (198.19.16.0/21): {change}"]
+    assert plan.needs_apiserver and not plan.creates and not plan.deletes
+
+
+def test_without_the_api_server_the_change_is_blocked_with_both_ways_forward():
+    message, blocked = pools.review_message(pools.plan_pools(installation(nat="Disabled"), [ippool()]), apiserver=False)
+    assert blocked
+    assert "cannot apply this change" in message and "natOutgoing true -> false" in message
+    assert "Unable to modify IP pools while Calico API server is unavailable" in message
+    assert "--data calico_apiserver=Enabled" in message and "teardown.py" in message
+
+
+def test_with_the_api_server_the_change_goes_through():
+    message, blocked = pools.review_message(pools.plan_pools(installation(nat="Disabled"), [ippool()]), apiserver=True)
+    assert not blocked
+    assert "will apply this through the Calico API server" in message and "tigerastatus/ippools" in message
+
+
+def test_a_new_cidr_creates_a_pool_deletes_the_old_one_and_says_what_happens_to_running_pods():
+    plan = pools.plan_pools(installation(cidr="198.19.16.0/22"), [ippool()])
+    assert plan.creates == ["IPPool ipv4-ippool-198-19-16-0-22 (198.19.16.0/22) created"]
+    assert plan.deletes == ["IPPool default-ipv4-ippool (198.19.16.0/21) deleted"]
+    message, blocked = pools.review_message(plan, apiserver=True)
+    assert not blocked and "keep their addresses from the old pool until they are recreated" in message
+
+
+def test_a_block_size_change_is_refused_naming_the_setting_with_or_without_the_api_server():
+    plan = pools.plan_pools(installation(block=24), [ippool()])
+    assert pools.block_size_problems(plan) == [
+        "calico_pool_block_size: 24 differs from the live IPPool default-ipv4-ippool (198.19.16.0/21), which has "
+        "blockSize 26; Calico cannot change the block size of an existing pool. Keep calico_pool_block_size=26, "
+        "or rebuild the lab with the new block size (`pyinfra inventory.py teardown.py`, then deploy)"]
+    assert pools.review_message(plan, apiserver=True)[1] is True
+
+
+def test_pools_not_owned_by_the_operator_are_left_alone():
+    external = ippool(cidr="198.19.24.0/21", owned=False)
+    assert pools.plan_pools(installation(), [ippool(), external]).changes == []
+
+
+def test_pools_check_waits_for_the_pool_and_for_ippools_available():
+    available = {"status": {"conditions": [{"type": "Available", "status": "True"}]}}
+    degraded = {"status": {"conditions": [{"type": "Available", "status": "False"}, {
+        "type": "Degraded", "status": "True", "reason": "ResourceNotReady",
+        "message": "Unable to modify IP pools while Calico API server is unavailable"}]}}
+    assert pools.pools_check(installation(), [ippool()], available).done
+    pending = pools.pools_check(installation(nat="Disabled"), [ippool()], available)
+    assert not pending.done and "natOutgoing true -> false" in pending.message
+    failed = pools.pools_check(installation(nat="Disabled"), [ippool()], degraded)
+    assert failed.failed and "API server is unavailable" in failed.message
 
 
 # --- planning and applying against an in-memory API ------------------------------------------------
@@ -351,6 +413,86 @@ def test_wait_rollouts_failure_names_deployment_and_events(fast_polls):
     assert "customer-1" not in text
 
 
+def pod(name, status, container="customer", image="calico/yaobank-customer:multiarch"):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "yaobank", "labels": {"app": "customer"}},
+            "spec": {"containers": [{"name": container, "image": image}]}, "status": status}
+
+
+IMAGE_PULL = {"phase": "Pending", "containerStatuses": [{"name": "customer", "ready": False, "state": {"waiting": {
+    "reason": "ImagePullBackOff", "message": 'Back-off pulling image "calico/yaobank-customer:multiarch"'}}}]}
+CRASH_LOOP = {"phase": "Running", "containerStatuses": [{"name": "customer", "ready": False, "restartCount": 4,
+    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container"}},
+    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}
+UNSCHEDULABLE = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+    "message": "0/3 nodes are available: 3 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."}]}
+STARTING = {"phase": "Pending", "containerStatuses": [{"name": "customer", "ready": False,
+    "state": {"waiting": {"reason": "ContainerCreating"}}}], "conditions": [{"type": "PodScheduled", "status": "True"},
+    {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status: [customer]"}]}
+READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+         "containerStatuses": [{"name": "customer", "ready": True, "state": {"running": {}}}]}
+
+
+def test_pod_problems_say_what_kubectl_would_show_with_the_cause():
+    def described(status):
+        return [p.describe() for p in waits.pod_problems(pod("customer-1-a", status))]
+
+    assert described(IMAGE_PULL) == [
+        'pod customer-1-a: ImagePullBackOff (container customer): Back-off pulling image "calico/yaobank-customer:multiarch"']
+    assert described(CRASH_LOOP) == ["pod customer-1-a: CrashLoopBackOff (container customer): last exit code 137 "
+                                     "(OOMKilled), 4 restarts, back-off 1m20s restarting failed container"]
+    assert described(UNSCHEDULABLE) == ["pod customer-1-a: Pending (Unschedulable): 0/3 nodes are available: "
+                                        "3 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."]
+    assert described(STARTING) == ["pod customer-1-a: Pending: ContainersNotReady: containers with unready status: [customer]"]
+    assert described(READY) == []
+
+
+def test_pod_next_steps_use_the_given_kubectl_and_name_the_image_setting():
+    problems = waits.pod_problems(pod("customer-1-a", IMAGE_PULL)) + waits.pod_problems(pod("customer-1-b", CRASH_LOOP))
+    steps = waits.pod_next_steps(problems, "yaobank", "multipass exec control -- sudo k3s kubectl", "yaobank_images")
+    assert steps == [
+        'check that the image "calico/yaobank-customer:multiarch" (setting yaobank_images) exists and that the VMs '
+        "reach its registry; fix the name with --data and re-run",
+        "`multipass exec control -- sudo k3s kubectl -n yaobank describe pod customer-1-a`",
+        "`multipass exec control -- sudo k3s kubectl -n yaobank logs customer-1-b -c customer --previous`",
+        "`multipass exec control -- sudo k3s kubectl -n yaobank describe pod customer-1-b`",
+    ]
+
+
+def test_wait_rollouts_failure_lists_each_pods_reason_its_warnings_and_the_next_commands(fast_polls):
+    dep = dict(deployment(updated=1, total=1, available=0, replicas=1), apiVersion="apps/v1", kind="Deployment")
+    dep["metadata"] = {"name": "customer", "namespace": "yaobank", "generation": 1}
+    dep["spec"]["selector"] = {"matchLabels": {"app": "customer"}}
+    api = MemoryApi([dep, pod("customer-5d-x1", IMAGE_PULL)])
+    selectors = []
+    real_list = api.list
+    api.list = lambda av, kind, namespace=None, label_selector=None: (selectors.append((kind, label_selector)),
+                                                                       real_list(av, kind, namespace))[1]
+    api.lists["Event"] = [
+        {"type": "Warning", "reason": "Failed", "message": 'Failed to pull image "calico/yaobank-customer:multiarch": not found',
+         "involvedObject": {"kind": "Pod", "name": "customer-5d-x1"}, "lastTimestamp": "2026-01-01T00:00:01Z"},
+        {"type": "Normal", "reason": "Pulling", "message": "Pulling image", "involvedObject": {"kind": "Pod", "name": "customer-5d-x1"}},
+    ]
+    with pytest.raises(waits.WaitFailed) as info:
+        waits.wait_rollouts(api, "yaobank", ["customer"], timeout=0.05, kubectl="k", image_setting="yaobank_images")
+    first, *steps = str(info.value).split("\nNext: ")
+    assert "timed out waiting for the condition after 0.05s" in first
+    assert ('pod customer-5d-x1: ImagePullBackOff (container customer): Back-off pulling image '
+            '"calico/yaobank-customer:multiarch"') in first
+    assert '\n  event: Warning Failed pod/customer-5d-x1: Failed to pull image' in first
+    assert "Pulling" not in first and "no related" not in first
+    assert ("Pod", "app=customer") in selectors
+    assert steps[-1] == "`k -n yaobank describe pod customer-5d-x1`"
+    assert "(setting yaobank_images)" in steps[0]
+
+
+def test_wait_rollouts_without_pods_points_at_the_deployment(fast_polls):
+    dep = dict(deployment(available=0), apiVersion="apps/v1", kind="Deployment")
+    dep["metadata"] = {"name": "summary", "namespace": "yaobank", "generation": 1}
+    with pytest.raises(waits.WaitFailed) as info:
+        waits.wait_rollouts(MemoryApi([dep]), "yaobank", ["summary"], timeout=0.05, kubectl="k")
+    assert str(info.value).endswith("\nNext: `k -n yaobank describe deployment summary`")
+
+
 def test_wait_rollouts_timeout(fast_polls):
     api = MemoryApi()
     logs = []
@@ -370,8 +512,11 @@ def test_wait_tigerastatus_degraded_after_grace(fast_polls):
         ]},
     }
     api = MemoryApi([ts])
-    with pytest.raises(waits.WaitFailed, match="tigerastatus/calico Degraded: PodFailure: calico-node: ImagePullBackOff"):
-        waits.wait_tigerastatus(api, "calico", timeout=5, degraded_grace=0.05)
+    with pytest.raises(waits.WaitFailed, match="tigerastatus/calico Degraded: PodFailure: calico-node: ImagePullBackOff") as info:
+        waits.wait_tigerastatus(api, "calico", timeout=5, degraded_grace=0.05, kubectl="k")
+    assert str(info.value).split("\nNext: ")[1:] == [
+        "`k describe tigerastatus calico`", "`k -n calico-system get pods`",
+        "`k -n tigera-operator logs deployment/tigera-operator --tail=50`"]
 
 
 def test_wait_tigerastatus_available_and_timeout(fast_polls):

@@ -219,6 +219,19 @@ def test_server_side_apply_create_idempotent_dryrun_conflicts(emu, dyn):
     assert code == 201 and obj["data"] == {"k": "v"}
 
 
+
+def test_server_side_apply_drops_list_items_whose_key_changed(emu, dyn):
+    """Renaming the keyed item of a list removes the old item whole (its key field and all), however the
+    removed paths happen to be ordered."""
+    emu.store.put(operator_crds()[0])
+    installations = _wait_for(lambda: dyn.resources.get(api_version="operator.tigera.io/v1", kind="Installation"))
+    for index in range(20):
+        pools = [{"name": f"pool-{index}", "cidr": f"10.{index}.0.0/16", "natOutgoing": "Enabled"}]
+        body = {"apiVersion": "operator.tigera.io/v1", "kind": "Installation", "metadata": {"name": "default"},
+                "spec": {"calicoNetwork": {"ipPools": pools}}}
+        applied = installations.server_side_apply(body=body, field_manager="calicolab").to_dict()
+        assert applied["spec"]["calicoNetwork"]["ipPools"] == pools, index
+
 def test_finalizers_delay_deletion_and_scale_subresource(emu, api):
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     core.create_namespaced_config_map("default", {"metadata": {"name": "f", "finalizers": ["example.com/x"]}})
@@ -503,6 +516,84 @@ def test_fake_cluster_degraded(request, emu):
     time.sleep(0.2)
     assert _conds(emu.store.list("v1", "Node")[0])["Ready"] == "False"
 
+
+def test_fake_cluster_pod_faults_from_a_switches_file(request, emu, tmp_path):
+    switches = tmp_path / "switches.json"
+    switches.write_text(json.dumps({"deployment_modes": {"default/web": "image-pull"}}))
+    cluster = FakeCluster(emu, nodes=[("control", "198.19.0.1"), ("node1", "198.19.0.2")], switches_file=str(switches))
+    request.addfinalizer(cluster.stop)
+    cluster.start()
+    emu.store.put(dict(json.loads(json.dumps(DEPLOY)), metadata={"name": "web", "namespace": "default"}))
+
+    def pods():
+        return emu.store.list("v1", "Pod", "default", label_selector="app=web")
+
+    pulled = _wait_for(lambda: len(pods()) == 2 and pods())
+    assert {p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] for p in pulled} == {"ImagePullBackOff"}
+    assert all(p["metadata"]["name"].startswith("web-") and p["spec"]["nodeName"] for p in pulled)
+    events = emu.store.list("v1", "Event", "default", field_selector=f"involvedObject.name={pulled[0]['metadata']['name']}")
+    assert 'Failed to pull image "nginx:1.25"' in " ".join(e["message"] for e in events)
+    status = _wait_for(lambda: emu.store.get("apps/v1", "Deployment", "web", "default").get("status"))
+    assert status["observedGeneration"] == 1 and status.get("availableReplicas", 0) == 0
+
+    switches.write_text(json.dumps({"deployment_modes": {"default/web": "unschedulable"}}))
+    pending = _wait_for(lambda: [p for p in pods() if p["status"]["phase"] == "Pending" and not p["spec"].get("nodeName")])
+    scheduled = next(c for c in pending[0]["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
+    assert scheduled["message"].startswith("0/2 nodes are available")
+    events = emu.store.list("v1", "Event", "default", field_selector=f"involvedObject.name={pending[0]['metadata']['name']}")
+    assert [e["reason"] for e in events] == ["FailedScheduling"]
+
+    switches.write_text(json.dumps({"deployment_modes": {}}))
+    _wait_for(lambda: pods() == [])
+    _wait_for(lambda: emu.store.get("apps/v1", "Deployment", "web", "default")["status"].get("availableReplicas") == 2)
+
+
+def test_fake_operator_reconciles_ippools_like_operator_v1_42(request, emu):
+    """Bootstrap without the API server; later changes only through it (else ippools Degraded); a new CIDR
+    replaces the pool; the block size of a pool cannot change."""
+    cluster = FakeCluster(emu, nodes=[("control", "198.19.0.1")], calico_delay=0.05)
+    request.addfinalizer(cluster.stop)
+    cluster.start()
+    _operator(emu)
+    _wait_for(lambda: emu.store.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "ippools.crd.projectcalico.org"))
+    tigera, ippool = "operator.tigera.io/v1", "crd.projectcalico.org/v1"
+    status = lambda name: (emu.store.get(tigera, "TigeraStatus", name) or {}).get("status") or {}  # noqa: E731
+    degraded = lambda: next((c["message"] for c in status("ippools").get("conditions", [])  # noqa: E731
+                             if c["type"] == "Degraded" and c["status"] == "True"), None)
+
+    def installation(**pool):
+        pool = {"name": "default-ipv4-ippool", "cidr": "198.19.16.0/21", "blockSize": 26, "natOutgoing": "Enabled",
+                "encapsulation": "None", **pool}
+        emu.store.put({"apiVersion": tigera, "kind": "Installation", "metadata": {"name": "default"},
+                       "spec": {"calicoNetwork": {"ipPools": [pool]}}})
+
+    installation()
+    pool = _wait_for(lambda: emu.store.get(ippool, "IPPool", "default-ipv4-ippool"))
+    assert pool["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "tigera-operator"}
+    assert (pool["spec"]["natOutgoing"], pool["spec"]["ipipMode"], pool["spec"]["vxlanMode"]) == (True, "Never", "Never")
+    _wait_for(lambda: _conds({"status": status("ippools")}).get("Available") == "True")
+
+    installation(natOutgoing="Disabled")
+    assert _wait_for(degraded) == "Unable to modify IP pools while Calico API server is unavailable"
+    assert emu.store.get(ippool, "IPPool", "default-ipv4-ippool")["spec"]["natOutgoing"] is True
+    assert _conds({"status": status("ippools")})["Available"] == "False"
+
+    emu.store.put({"apiVersion": tigera, "kind": "APIServer", "metadata": {"name": "default"}, "spec": {}})
+    _wait_for(lambda: _conds({"status": status("apiserver")}).get("Available") == "True")
+    assert emu.store.get(tigera, "APIServer", "default")["status"]["state"] == "Ready"
+    _wait_for(lambda: emu.store.get(ippool, "IPPool", "default-ipv4-ippool")["spec"]["natOutgoing"] is False)
+    _wait_for(lambda: degraded() is None and _conds({"status": status("ippools")})["Available"] == "True")
+
+    installation(name="ipv4-ippool-198-19-16-0-22", cidr="198.19.16.0/22", natOutgoing="Disabled")
+    _wait_for(lambda: [p["metadata"]["name"] for p in emu.store.list(ippool, "IPPool")] == ["ipv4-ippool-198-19-16-0-22"])
+
+    installation(name="ipv4-ippool-198-19-16-0-22", cidr="198.19.16.0/22", natOutgoing="Disabled", blockSize=24)
+    assert "IPPool BlockSize cannot be modified" in _wait_for(degraded)
+    assert emu.store.get(ippool, "IPPool", "ipv4-ippool-198-19-16-0-22")["spec"]["blockSize"] == 26
+
+    emu.store.remove(tigera, "APIServer", "default")
+    _wait_for(lambda: emu.store.get(tigera, "TigeraStatus", "apiserver") is None)
 
 # ---- real kubectl ------------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 The workstation side runs in the lab's workstation namespace with the multipass double first in PATH;
 downloads come from the lab's mirror through the ``--data`` URL overrides a user with a mirror would
 use. The tests run in order on one lab (each step builds on the previous one): dry run from nothing,
-build, re-run, dry-run diff of a pool change, stopped lab, restarted node. Root only.
+build, re-run, a pool change without and with the Calico API server, stopped lab, restarted node. Root only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -39,9 +40,18 @@ class Lab:
     def deploy(self, *args: str, data: dict | None = None, timeout: float = 420):
         overrides = [f"--data=state_dir={self.state_dir}"] + [f"--data={k}={v}" for k, v in (data or {}).items()]
         argv = [PYINFRA, "inventory.py", "deploy.py", *args, *self.mirror.data_args(), *overrides]
-        result = self.netlab.ws_run(argv, env=self.netlab.ws_env(), cwd=str(PROJECT), timeout=timeout)
+        result = self.netlab.ws_run(
+            argv, env=self.netlab.ws_env(), cwd=str(PROJECT), timeout=timeout, stdin=subprocess.DEVNULL
+        )
         self.outputs.append(result.stdout + result.stderr)
         return result
+
+    def set_controller_switches(self, switches: dict) -> None:
+        """Switch the fake cluster's controllers (e.g. pod faults of a deployment) in the running k3s server."""
+        path = "/var/lib/rancher/k3s/server/netlab-controller-switches.json"
+        result = self.netlab.exec_in("control", ["sh", "-c", f"cat > {path}.new && mv {path}.new {path}"],
+                                     input=json.dumps(switches))
+        assert result.returncode == 0, result.stderr
 
     def multipass_calls(self) -> list[list[str]]:
         log = self.netlab.workdir / "multipass-calls.log"
@@ -72,7 +82,8 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab():
     with netlab_session() as netlab:
-        mirror = Mirror(netlab, k3s_versions=("v1.35.4+k3s1", K3S_UPGRADE)).start()
+        mirror = Mirror(netlab, k3s_versions=("v1.35.4+k3s1", K3S_UPGRADE),
+                        kubectl_versions=("v1.35.4", K3S_UPGRADE.split("+")[0])).start()
         try:
             with tempfile.TemporaryDirectory(prefix="calicolab-state-") as state:
                 yield Lab(netlab, mirror, Path(state) / "lab-state")
@@ -148,18 +159,73 @@ def test_rerun_reports_no_change_on_every_host(lab):
     assert totals["no_change"] > 0
 
 
-def test_dry_diff_of_a_pool_change_shows_exactly_that_field_and_changes_nothing(lab):
+def plain(result) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+
+
+def ippool(lab: Lab) -> dict:
+    return lab.kubectl_json("get", "ippools.crd.projectcalico.org", "default-ipv4-ippool")["spec"]
+
+
+def tigerastatus(lab: Lab, name: str) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in lab.kubectl_json("get", "tigerastatus", name)["status"]["conditions"]}
+
+
+def test_dry_diff_of_a_pool_change_shows_exactly_that_field_and_why_it_cannot_be_applied(lab):
     before = lab.kubectl_json("get", "installation", "default")
     result = lab.deploy("--dry", "--diff", data={"calico_pool_nat_outgoing": "Disabled"})
     assert result.returncode == 0, result.stderr[-3000:]
-    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    output = plain(result)
     changed = [re.sub(r"\s+", " ", line.strip()) for line in output.splitlines()
                if re.match(r"\s*[-+]\s", line) and not re.match(r"\s*(---|\+\+\+)", line)]
     assert changed == ["- natOutgoing: Enabled", "+ natOutgoing: Disabled"], changed
-    assert "install time" in output
+    assert "the operator cannot apply this change: IPPool default-ipv4-ippool (198.19.16.0/21): natOutgoing true -> false" in output
+    assert "--data calico_apiserver=Enabled" in output and "`pyinfra inventory.py teardown.py`, then deploy" in output
     after = lab.kubectl_json("get", "installation", "default")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert after["spec"]["calicoNetwork"]["ipPools"][0]["natOutgoing"] == "Enabled"
+
+
+def test_without_the_api_server_the_real_run_stops_at_the_pool_change_and_changes_nothing(lab):
+    before = lab.kubectl_json("get", "installation", "default")["metadata"]["resourceVersion"]
+    result = lab.deploy("-y", data={"calico_pool_nat_outgoing": "Disabled"})
+    output = plain(result)
+    assert result.returncode != 0
+    assert "apply installation manifest failed on control: Installation ipPools: the operator cannot apply" in output
+    assert "--data calico_apiserver=Enabled" in output and "teardown.py" in output
+    assert lab.kubectl_json("get", "installation", "default")["metadata"]["resourceVersion"] == before
+    assert ippool(lab)["natOutgoing"] is True
+    assert tigerastatus(lab, "ippools") == {"Available": "True", "Progressing": "False", "Degraded": "False"}
+
+
+def test_a_block_size_change_is_refused_against_the_live_pool_before_anything_runs(lab):
+    before = lab.snapshot()
+    result = lab.deploy("--dry", data={"calico_pool_block_size": 24})
+    assert result.returncode != 0
+    assert "calico_pool_block_size: 24 differs from the live IPPool default-ipv4-ippool (198.19.16.0/21)" in plain(result)
+    assert lab.snapshot() == before
+    assert ippool(lab)["blockSize"] == 26
+
+
+def test_with_the_api_server_nat_outgoing_is_applied_and_waited_for(lab):
+    data = {"calico_pool_nat_outgoing": "Disabled", "calico_apiserver": "Enabled"}
+    dry = lab.deploy("--dry", "--diff", data=data)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "the operator will apply this through the Calico API server: IPPool default-ipv4-ippool (198.19.16.0/21): natOutgoing true -> false" in plain(dry)
+    assert "+kind: APIServer" in plain(dry)
+    assert ippool(lab)["natOutgoing"] is True
+
+    result = lab.deploy("-y", data=data)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ippool(lab)["natOutgoing"] is False
+    assert tigerastatus(lab, "ippools")["Available"] == "True"
+    assert tigerastatus(lab, "apiserver")["Available"] == "True"
+
+    # back to the course's pool: the API server left in the cluster lets the operator apply it
+    back = lab.deploy("-y")
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-3000:]
+    assert ippool(lab)["natOutgoing"] is True
+    assert_lab_healthy(lab)
 
 
 def test_a_cloud_init_change_is_reported_per_vm_with_how_to_recreate_never_applied_silently(lab):
@@ -208,6 +274,7 @@ def test_a_vm_that_will_not_start_ends_the_run_naming_it_and_a_rerun_resumes(lab
     output = failed.stdout + failed.stderr
     assert failed.returncode != 0
     assert "node1" in output and "timed out waiting for response" in output
+    assert "Next: Multipass timed out; check `multipass list` and `multipass info node1`" in output
     assert lab.instances()["node1"] == "Stopped"
 
     lab.netlab.set_faults({})
@@ -227,6 +294,98 @@ def test_a_new_k3s_version_is_applied_in_place(lab):
     assert_lab_healthy(lab)
     again = lab.deploy("-y", "--json", data={"k3s_version": K3S_UPGRADE})
     assert results_totals(again)["success"] == 0
+
+
+def plain(result) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+
+
+def test_a_launch_that_finds_the_vm_already_there_never_advises_deleting_it_blindly(lab):
+    assert lab.netlab.multipass("delete", "--purge", "host1").returncode == 0
+    # another run creates host1 between this run's look at `multipass list` and its launch
+    lab.netlab.set_faults({"fail": {"launch:host1": 'instance "host1" already exists'}})
+    failed = lab.deploy("-y")
+    output = plain(failed)
+    assert failed.returncode != 0
+    assert 'launch host1 failed: launch failed: instance "host1" already exists' in output
+    assert "another calicolab run or another process may be creating it right now" in output
+    assert "Check `multipass list` and wait for that run to finish" in output
+    assert "only if nothing uses host1, remove it (`multipass delete --purge host1`)" in output
+    assert "Traceback" not in output
+
+
+def test_a_cloud_init_error_names_the_module_and_how_to_recreate_that_vm(lab):
+    lab.netlab.set_faults({"cloud_init_fault": {"host1": "runcmd"}})
+    failed = lab.deploy("-y")
+    output = plain(failed)
+    assert failed.returncode != 0
+    assert ("cloud-init failed in host1 (status: error), module scripts_user (the runcmd commands): "
+            "RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands')") in output
+    assert "`multipass exec host1 -- sudo tail -n 50 /var/log/cloud-init-output.log`" in output
+    assert "recreate host1 with `multipass delete --purge host1`, then re-run the deploy" in output
+
+    # the advice works: the fault is gone, the VM is recreated, the lab comes back
+    lab.netlab.set_faults({})
+    assert lab.netlab.multipass("delete", "--purge", "host1").returncode == 0
+    resumed = lab.deploy("-y")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_lab_healthy(lab)
+
+
+def test_a_failed_rollout_names_its_pods_reasons_and_the_next_command(lab):
+    lab.set_controller_switches({"deployment_modes": {
+        "yaobank/customer": "image-pull", "yaobank/summary": "unschedulable", "yaobank/database": "crash-loop"}})
+    # host1's page check still runs after control failed: keep its wait short too
+    failed = lab.deploy("-y", data={"timeout_rollout": 4, "timeout_app_answer": 2})
+    output = plain(failed)
+    assert failed.returncode != 0
+    assert "YaoBank: deployments rolled out" in output or "rollout of customer, summary, database" in output
+    customer = re.search(r"pod (customer-[a-z0-9]+-[a-z0-9]+): ImagePullBackOff \(container customer\): "
+                         r'Back-off pulling image "calico/yaobank-customer:multiarch"', output)
+    assert customer, output[-4000:]
+    assert re.search(r"pod summary-[a-z0-9-]+: Pending \(Unschedulable\): 0/3 nodes are available: "
+                     r"3 Insufficient memory", output)
+    database = re.search(r"pod (database-[a-z0-9-]+): CrashLoopBackOff \(container database\): last exit code 1",
+                         output)
+    assert database
+    assert 'Warning Failed pod/customer-' in output and 'Failed to pull image "calico/yaobank-customer:multiarch"' in output
+    assert "Warning FailedScheduling pod/summary-" in output
+    assert "no related events" not in output
+    kubectl = "multipass exec control -- sudo k3s kubectl"
+    assert f"Next: `{kubectl} -n yaobank describe pod {customer.group(1)}`" in output
+    assert f"Next: `{kubectl} -n yaobank logs {database.group(1)} -c database --previous`" in output
+    assert ('Next: check that the image "calico/yaobank-customer:multiarch" (setting yaobank_images) exists'
+            in output)
+    # the suggested command runs as written and shows the same reason
+    command = f"{kubectl} -n yaobank get pod {customer.group(1)} -o json".split()
+    shown = lab.netlab.ws_run(command, env=lab.netlab.ws_env(), timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    states = [c["state"] for c in json.loads(shown.stdout)["status"]["containerStatuses"]]
+    assert states[0]["waiting"]["reason"] == "ImagePullBackOff"
+
+    lab.set_controller_switches({"deployment_modes": {}})
+    resumed = lab.deploy("-y")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_lab_healthy(lab)
+
+
+def test_limit_to_a_stopped_vm_says_the_workstation_is_left_out_and_how_to_include_it(lab):
+    assert lab.netlab.multipass("stop", "node2").returncode == 0
+    before, calls_before = lab.snapshot(), len(lab.multipass_calls())
+    failed = lab.deploy("-y", "--limit", "node2")
+    output = plain(failed)
+    assert failed.returncode != 0
+    assert ("node2 is Stopped: the run leaves out the workstation (@local), which launches and starts the lab "
+            "VMs. Run the deploy without --limit, or add the workstation: --limit @local") in output
+    assert "Traceback" not in output
+    assert lab.snapshot() == before
+    assert not [argv for argv in lab.multipass_calls()[calls_before:] if argv and argv[0] in MUTATING]
+
+    # the advice works: with the workstation in the run, node2 is started and re-verified
+    resumed = lab.deploy("-y", "--limit", "node2", "--limit", "@local")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert lab.instances()["node2"] == "Running"
+    assert_lab_healthy(lab)
 
 
 def test_no_secret_appeared_in_any_output_of_the_module(lab):

@@ -24,7 +24,8 @@ from tests.test_lab_e2e import PROJECT, PYINFRA, Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
-SWITCHES = "/var/lib/rancher/k3s/server/netlab-switches.json"
+SWITCHES = "/var/lib/rancher/k3s/server/netlab-controller-switches.json"
+HEALTHY = {"calico": "available", "stopped_kubelets": []}
 EXPECTED_CHECKS = [
     "control: VM Running", "host1: VM Running",
     "node2: lab and management addresses", "host1: lab names resolve to lab addresses",
@@ -161,7 +162,7 @@ def switched_break(lab: CardLab, switches: dict, broken, check: str) -> str:
     lab.switches(**switches)
     lab.wait_for(f"{switches} to show", broken)
     observed, _ = failing_verify(lab, check)
-    lab.switches()
+    lab.switches(**HEALTHY)
     lab.wait_for("nodes Ready again", lambda: all(node_ready(lab, n) == "True" for n in ("control", "node1", "node2")))
     return observed
 

@@ -286,4 +286,54 @@ def test_explain_failure_names_vm_and_message():
     failure = mp.classify_error(2, "", (DATA / "err_launch_exists.txt").read_text())
     text = mp.explain_failure("launch", "control", failure)
     assert text.startswith("launch control failed: launch failed: instance \"control\" already exists")
-    assert "multipass delete --purge control" in text
+    # it may be another run's VM being built: look and wait first, delete only what nobody uses
+    assert "another calicolab run or another process may be creating it right now" in text
+    assert "Check `multipass list` and wait for that run to finish" in text
+    assert "only if nothing uses control, remove it (`multipass delete --purge control`)" in text
+
+
+@pytest.mark.parametrize("file,action", [
+    ("err_launch_exists.txt", "launch"), ("err_launch_timeout.txt", "launch"), ("err_bad_image.txt", "launch"),
+    ("err_cloud_init.txt", "launch"), ("err_daemon_down.txt", "start"), ("err_start_deleted.txt", "start"),
+    ("err_info_missing.txt", "start"),
+])
+def test_every_failure_ends_with_the_next_thing_to_try(file, action):
+    failure = mp.classify_error(2, "", (DATA / file).read_text())
+    text = mp.explain_failure(action, "node1", failure, multipass_bin="/snap/bin/multipass")
+    message, _, hint = text.partition(". Next: ")
+    assert message == f"{action} node1 failed: {failure.message}"
+    assert "`" in hint, hint  # a command to paste
+    if failure.kind not in ("daemon-down", "cloud-init"):
+        assert "`/snap/bin/multipass " in hint or "--data " in hint, hint  # the lab's own client or a setting
+    assert hint.rstrip().endswith(("re-run the deploy", "re-run", "run again", "launches it")), hint
+
+
+def test_an_unknown_failure_still_says_what_to_try():
+    text = mp.explain_failure("launch", "node2", mp.classify_error(2, "", "launch failed: Remote \"\" is unknown"))
+    assert "Next: check `multipass list` and `multipass info node2` and the free memory and disk" in text
+
+
+@pytest.mark.parametrize("file,module,error", [
+    ("cloud_init_status_long_error.txt", "scripts_user",
+     "RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands')"),
+    ("cloud_init_status_old_error.txt", "bootcmd", 'ProcessExecutionError("Unexpected error while running command.'),
+])
+def test_cloud_init_failed_module_is_found_in_new_and_old_status_output(file, module, error):
+    parsed = CloudInitStatusLong().process(lines(file))
+    modules = mp.cloud_init_failed_modules(parsed)
+    assert [m for m, _ in modules] == [module]
+    assert modules[0][1].startswith(error)
+
+
+def test_cloud_init_error_message_names_module_log_and_recreate_command():
+    parsed = CloudInitStatusLong().process(lines("cloud_init_status_long_error.txt"))
+    text = mp.cloud_init_error_message("node2", parsed)
+    first, *rest = text.splitlines()
+    assert first == ("cloud-init failed in node2 (status: error), module scripts_user (the runcmd commands): "
+                     "RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands')")
+    assert "`multipass exec node2 -- sudo tail -n 50 /var/log/cloud-init-output.log`" in text
+    assert rest[-1] == ("Next: fix the cause (a setting or the network), then cloud-init runs only on a VM's first "
+                        "boot: recreate node2 with `multipass delete --purge node2`, then re-run the deploy "
+                        "(it launches node2 again)")
+    done = CloudInitStatusLong().process(lines("cloud_init_status_long_done.txt"))
+    assert mp.cloud_init_failed_modules(done) == []

@@ -135,6 +135,19 @@ def test_installation_pool(lab):
     assert network["nodeAddressAutodetectionV4"] == {"cidrs": ["198.19.0.0/20"]}
 
 
+
+def test_another_pool_cidr_is_another_pool_with_its_own_name(defaults):
+    lab = load_lab(defaults | {"calico_pool_cidr": "198.19.16.0/22"})
+    pool = by_kind(lab, "installation", "Installation", "default")["spec"]["calicoNetwork"]["ipPools"][0]
+    assert (pool["name"], pool["cidr"]) == ("ipv4-ippool-198-19-16-0-22", "198.19.16.0/22")
+
+
+def test_the_apiserver_manifest_is_rendered_only_when_enabled(defaults):
+    assert "manifests/apiserver.yaml" not in render_all(load_lab(defaults))
+    enabled = render_all(load_lab(defaults | {"calico_apiserver": "Enabled"}))
+    assert documents(enabled["manifests/apiserver.yaml"]) == [
+        {"apiVersion": "operator.tigera.io/v1", "kind": "APIServer", "metadata": {"name": "default"}, "spec": {}}]
+
 def test_yaobank_placement_replicas_and_node_port(lab):
     def deployment(name):
         return by_kind(lab, "yaobank", "Deployment", name)
@@ -162,12 +175,13 @@ LAB_IPS = {"control": "198.19.0.11", "node1": "198.19.0.12", "node2": "198.19.0.
           "k3s/control-config.yaml", "k3s/node1-config.yaml", "k3s/node2-config.yaml", "bird/bird.conf"}),
         ({"service_cidr": "198.19.64.0/20"}, "198.19.32.", "198.19.64.", {"k3s/control-config.yaml", "bird/bird.conf"}),
         ({"calico_pool_cidr": "198.19.16.0/22"}, "198.19.16.0/21", "198.19.16.0/22", {"manifests/installation.yaml"}),
-        ({"calico_version": "v3.31.7"}, "v1.42.3", "v1.40.15", {"manifests/tigera-operator.yaml"}),
+        ({"calico_version": "v3.32.0", "calicoctl_version": "v3.32.1"}, "v1.42.3", "v1.42.0", {"manifests/tigera-operator.yaml"}),
+        ({"calicoctl_version": "v3.32.0"}, "v3.32.1", "v3.32.0", {"host1/profile.sh"}),
         ({"yaobank_node_port": 31080}, "30180", "31080", {"manifests/yaobank.yaml"}),
         ({"tcp_mss": 1200}, "1300", "1200", {f"cloud-init/{n}.yaml" for n in VM_NAMES}),
         ({"bgp_as_number": 65001}, "64512", "65001", {"bird/bird.conf"}),
     ],
-    ids=["lab-ips", "service-cidr", "pool", "calico-version", "node-port", "mss", "as-number"],
+    ids=["lab-ips", "service-cidr", "pool", "calico-version", "calicoctl-version", "node-port", "mss", "as-number"],
 )
 def test_a_changed_setting_changes_every_place_it_appears(defaults, override, old, new, expected_files):
     before = render_all(load_lab(defaults))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -81,7 +83,7 @@ def test_write_private_is_0600_and_atomic(lab_state):
     assert path.read_bytes() == b"a: 2\n"
     assert mode_of(path) == 0o600
     # no temporary files left behind
-    assert sorted(p.name for p in lab_state.path.iterdir()) == ["kubeconfig.yaml"]
+    assert sorted(p.name for p in lab_state.path.iterdir()) == ["calicolab-state", "kubeconfig.yaml"]
 
 
 def test_write_private_if_changed(lab_state):
@@ -110,11 +112,70 @@ def test_read_private_missing_creates_nothing(lab_state):
     assert not lab_state.path.exists()
 
 
-def test_remove(lab_state):
+def test_remove_deletes_calicolab_files_and_the_folder(lab_state):
     lab_state.write_private("kubeconfig.yaml", "x")
-    assert lab_state.remove() is True
+    lab_state.cluster_token()
+    assert (lab_state.path / "calicolab-state").is_file(), "ensure() writes the marker"
+    assert lab_state.remove() == []
     assert not lab_state.path.exists()
-    assert lab_state.remove() is False
+    assert lab_state.remove() == []
+
+
+def test_remove_keeps_files_calicolab_did_not_write(lab_state):
+    lab_state.write_private("kubeconfig.yaml", "x")
+    (lab_state.path / "notes.txt").write_text("mine")
+    assert lab_state.remove() == ["notes.txt"]
+    assert (lab_state.path / "notes.txt").read_text() == "mine"
+    assert not (lab_state.path / "kubeconfig.yaml").exists()
+
+
+def test_a_folder_without_the_marker_is_neither_used_nor_removed(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"meow")
+    with pytest.raises(StateError, match="not made by calicolab"):
+        LabState(folder).ensure()
+    with pytest.raises(StateError, match="not made by calicolab"):
+        LabState(folder).remove()
+    assert (folder / "cat.jpg").read_bytes() == b"meow"
+    assert sorted(os.listdir(folder)) == ["cat.jpg"]
+
+
+def test_a_state_folder_from_before_the_marker_is_adopted(tmp_path):
+    folder = tmp_path / ".calicolab"
+    folder.mkdir(mode=0o700)
+    (folder / "cluster-token").write_text("a" * 48 + "\n")
+    LabState(folder).ensure()
+    assert (folder / "calicolab-state").is_file()
+
+
+def test_lock_is_exclusive_and_names_its_holder(lab_state):
+    fd, stale = lab_state.lock()
+    try:
+        assert stale is None
+        holder = lab_state.lock_holder()
+        assert holder["pid"] == str(os.getpid()) and holder["started"]
+        with pytest.raises(state_mod.LabBusy, match=rf"another calicolab run \(pid {os.getpid()}, started "):
+            lab_state.lock()
+    finally:
+        LabState.unlock(fd)
+    assert lab_state.lock_holder() is None
+    fd, stale = lab_state.lock()
+    LabState.unlock(fd)
+    assert stale is None, "a lock released cleanly is not stale"
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(lab_state):
+    code = (
+        "import os, sys; from calicolab.state import LabState; "
+        "LabState(sys.argv[1]).lock(); os.kill(os.getpid(), 9)"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(lab_state.path)])
+    assert killed.returncode == -9
+    assert lab_state.lock_holder() is None, "the kernel released the dead run's flock"
+    fd, stale = lab_state.lock()
+    LabState.unlock(fd)
+    assert stale and stale["pid"] != str(os.getpid())
 
 
 # --- cluster token --------------------------------------------------------------------------
@@ -131,7 +192,7 @@ def test_cluster_token_generated_once_and_stable(lab_state):
     assert lab_state.cluster_token() == token
     assert LabState(lab_state.path).cluster_token() == token  # another process / run
     assert lab_state.peek_cluster_token() == token
-    assert sorted(p.name for p in lab_state.path.iterdir()) == ["cluster-token"]
+    assert sorted(p.name for p in lab_state.path.iterdir()) == ["calicolab-state", "cluster-token"]
 
 
 def test_cluster_token_differs_between_labs(tmp_path):
@@ -152,7 +213,7 @@ def test_cluster_token_race_keeps_the_first(lab_state, monkeypatch):
 
     monkeypatch.setattr(state_mod.os, "link", racing_link)
     assert lab_state.cluster_token() == other
-    assert sorted(p.name for p in lab_state.path.iterdir()) == ["cluster-token"]
+    assert sorted(p.name for p in lab_state.path.iterdir()) == ["calicolab-state", "cluster-token"]
 
 
 def test_corrupt_token_file_is_an_error(lab_state):

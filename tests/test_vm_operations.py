@@ -514,3 +514,29 @@ def test_tasks_vms_builds_specs_and_calls_ops(monkeypatch):
     assert [c[0] for c in calls] == ["barrier", "cloud_init_done", "user_data_current"]
     assert calls[0][1] == {"name": "── phase: VMs running ──"}
     assert calls[2][1]["user_data"] == "#cloud-config\nhostname: node1\n"
+
+
+# --- a run limited to VMs without the workstation ------------------------------------------------
+
+
+def test_a_limit_without_the_workstation_names_the_vms_that_nothing_would_start():
+    from tasks.vms import require_workstation_for, vms_left_down
+
+    inventory = Inventory(([("@local", {}), ("control", {}), ("node2", {}), ("host1", {})], {}))
+    state = State(inventory, Config())
+    hosts = {h.name: h for h in inventory}
+    hosts["control"].connector_data["multipass_state"] = mp.RUNNING
+    hosts["node2"].connector_data["multipass_state"] = mp.STOPPED
+    lab = types.SimpleNamespace(vms={"control": None, "node1": None, "node2": None, "host1": None})
+
+    state.limit_hosts = [hosts["node2"], hosts["control"], hosts["host1"]]  # --limit without @local
+    assert vms_left_down(lab, state) == ["node2 is Stopped", "host1 is not created yet"]
+    with pytest.raises(PyinfraError, match=r"^node2 is Stopped; host1 is not created yet: the run leaves out "
+                                           r"the workstation \(@local\).*--limit @local"):
+        require_workstation_for(vms_left_down(lab, state))
+
+    state.limit_hosts = [hosts["node2"], hosts["@local"]]  # the workstation starts them
+    assert vms_left_down(lab, state) == []
+    state.limit_hosts = None  # no --limit
+    assert vms_left_down(lab, state) == []
+    require_workstation_for([])

@@ -4,7 +4,8 @@
   errors, object references;
 * ``diff``    — normalisation of live / dry-run objects and unified YAML diffs;
 * ``apply``   — parsing, ordering, planning (server-side dry run) and server-side apply;
-* ``waits``   — rollout rule (kubectl's), CRDs Established, TigeraStatus, nodes Ready, polling.
+* ``waits``   — rollout rule (kubectl's), CRDs Established, TigeraStatus, nodes Ready, polling;
+* ``pools``   — what a change of the Installation's pools makes the operator do to the IPPools.
 
 The pyinfra operations built on them are in ``calicolab.operations.kubernetes``.
 """

@@ -167,35 +167,3 @@ def apply_objects(
             log(f"{ref} {verb}")
     return result
 
-
-# --- Installation pool settings -----------------------------------------------------------------
-
-POOL_REBUILD_HINT = (
-    "pool settings (cidr/natOutgoing/encapsulation/blockSize) are applied by the operator only at "
-    "install time: to change them, delete the lab and build it again (rebuild the lab: "
-    "`pyinfra inventory.py teardown.py` then deploy)"
-)
-
-
-def pool_changes(live: dict | None, desired: dict) -> list[str]:
-    """Differences between the rendered Installation's spec.calicoNetwork.ipPools and the live ones.
-
-    Only keys that the rendered pools set are compared (the operator fills in defaults)."""
-    if live is None or desired.get("kind") != "Installation":
-        return []
-    want = ((desired.get("spec") or {}).get("calicoNetwork") or {}).get("ipPools")
-    have = ((live.get("spec") or {}).get("calicoNetwork") or {}).get("ipPools")
-    if want is None:
-        return []
-    want = want or []
-    have = have or []
-    changes = []
-    if len(want) != len(have):
-        changes.append(f"{len(have)} live pool(s), {len(want)} rendered")
-    for index, pool in enumerate(want):
-        live_pool = have[index] if index < len(have) else {}
-        label = pool.get("cidr") or f"#{index}"
-        for key, value in pool.items():
-            if live_pool.get(key) != value:
-                changes.append(f"ipPools[{index}] ({label}) {key}: {live_pool.get(key)!r} -> {value!r}")
-    return changes

@@ -152,14 +152,22 @@ def format_conditions(obj: dict | None) -> str:
 
 
 def related_events(
-    api: KubeApi, namespace: str | None, match: Callable[[dict], bool], limit: int = MAX_EVENTS
+    api: KubeApi,
+    namespace: str | None,
+    match: Callable[[dict], bool],
+    limit: int = MAX_EVENTS,
+    warnings_only: bool = False,
 ) -> list[str]:
-    """The newest Events (any kind) matching ``match`` on their involvedObject, formatted."""
+    """The newest Events (any kind) matching ``match`` on their involvedObject, formatted; the same
+    reason and message on several objects is listed once."""
     try:
         events = api.list("v1", "Event", namespace=namespace)
     except KubeError:
         return []
-    chosen = [e for e in events if match(e.get("involvedObject") or {})]
+    chosen = [
+        e for e in events
+        if match(e.get("involvedObject") or {}) and (not warnings_only or e.get("type") == "Warning")
+    ]
 
     def when(event):
         return event.get("lastTimestamp") or event.get("eventTime") or (event.get("metadata") or {}).get(
@@ -167,20 +175,160 @@ def related_events(
         ) or ""
 
     chosen.sort(key=when)
-    lines = []
-    for event in chosen[-limit:]:
+    lines, seen = [], set()
+    for event in reversed(chosen):
+        said = (event.get("reason"), event.get("message"))
+        if said in seen:
+            continue
+        seen.add(said)
         inv = event.get("involvedObject") or {}
         lines.append(
             f"{event.get('type', 'Normal')} {event.get('reason', '')} "
             f"{str(inv.get('kind', '')).lower()}/{inv.get('name', '')}: {event.get('message', '')}".strip()
         )
-    return lines
+        if len(lines) == limit:
+            break
+    return lines[::-1]
 
 
 def _with_events(message: str, events: list[str]) -> str:
     if not events:
         return message + "; no related events"
     return message + "; events: " + " | ".join(events)
+
+
+def _with_next(message: str, steps: list[str]) -> str:
+    """The failure, then what to try next (one step a line)."""
+    return message + "".join(f"\nNext: {step}" for step in dict.fromkeys(steps))
+
+
+# --- Why pods are not ready ----------------------------------------------------------------------
+
+#: container waiting reasons that only mean "still starting"
+STARTING_REASONS = ("ContainerCreating", "PodInitializing")
+#: waiting reasons caused by the image reference or its registry
+IMAGE_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+#: pods described per deployment, at most
+MAX_PODS = 3
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why one pod is not ready: ``reason`` as kubectl shows it in STATUS, ``detail`` its message."""
+
+    pod: str
+    reason: str
+    detail: str = ""
+    container: str = ""
+    image: str = ""
+
+    def describe(self) -> str:
+        """Example: ``pod customer-6d9c-x2k4p: ImagePullBackOff (container customer): Back-off pulling image ...``"""
+        where = f" (container {self.container})" if self.container else ""
+        return f"pod {self.pod}: {self.reason}{where}" + (f": {self.detail}" if self.detail else "")
+
+
+def _container_problem(pod: str, spec_images: dict, status: dict) -> PodProblem | None:
+    state = status.get("state") or {}
+    name = status.get("name", "")
+    image = spec_images.get(name) or status.get("image", "")
+    waiting, terminated = state.get("waiting"), state.get("terminated")
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    if waiting and waiting.get("reason") not in STARTING_REASONS:
+        detail = waiting.get("message") or ""
+        if last:
+            detail = ", ".join(x for x in (
+                f"last exit code {last.get('exitCode')}" + (f" ({last['reason']})" if last.get("reason") else ""),
+                f"{status.get('restartCount', 0)} restarts",
+                detail,
+            ) if x)
+        return PodProblem(pod, waiting.get("reason") or "Waiting", detail, name, image)
+    if terminated and terminated.get("exitCode", 0) != 0:
+        detail = f"exit code {terminated.get('exitCode')}" + (
+            f": {terminated['message']}" if terminated.get("message") else ""
+        )
+        return PodProblem(pod, terminated.get("reason") or "Error", detail, name, image)
+    return None
+
+
+def pod_problems(pod: dict) -> list[PodProblem]:
+    """Why ``pod`` is not ready, from its status as the kubelet and the scheduler report it.
+
+    Containers waiting for a reason other than starting (``ImagePullBackOff``, ``CrashLoopBackOff`` with
+    the last exit code, ...) or terminated with an error come first; a pod that was never scheduled
+    gives ``Pending`` with the scheduler's message; a ready pod gives ``[]``.
+
+    Example: ``pod_problems(pod)[0].describe()`` →
+    ``'pod summary-7f9c-b2x4q: Pending (Unschedulable): 0/3 nodes are available: 3 Insufficient memory.'``
+    """
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    name = meta.get("name", "?")
+    images = {c.get("name"): c.get("image", "") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])}
+    problems = []
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        problem = _container_problem(name, images, container)
+        if problem:
+            problems.append(problem)
+    if problems:
+        return problems
+    scheduled = _condition(pod, "PodScheduled")
+    if scheduled and scheduled.get("status") == "False":
+        reason = scheduled.get("reason") or "not scheduled"
+        return [PodProblem(name, f"Pending ({reason})", scheduled.get("message") or "")]
+    ready = _condition(pod, "Ready")
+    if status.get("phase") in ("Pending", "Failed", "Unknown") or (ready and ready.get("status") != "True"):
+        detail = ": ".join(x for x in ((ready or {}).get("reason"), (ready or {}).get("message")) if x)
+        return [PodProblem(name, status.get("phase") or "NotReady", detail)]
+    return []
+
+
+def label_selector(deployment: dict) -> str | None:
+    """A Deployment's ``spec.selector.matchLabels`` as a label selector string (``app=customer``)."""
+    labels = (((deployment or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) or None
+
+
+def deployment_pod_problems(api: KubeApi, deployment: dict) -> list[PodProblem]:
+    """The problems of the Deployment's pods that are not ready (at most MAX_PODS pods)."""
+    meta = deployment.get("metadata") or {}
+    selector = label_selector(deployment)
+    if not selector:
+        return []
+    try:
+        pods = api.list("v1", "Pod", namespace=meta.get("namespace"), label_selector=selector)
+    except KubeError:
+        return []
+    problems: list[PodProblem] = []
+    troubled = 0
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+        found = pod_problems(pod)
+        if found and troubled < MAX_PODS:
+            troubled += 1
+            problems += found
+    return problems
+
+
+def pod_next_steps(problems: list[PodProblem], namespace: str, kubectl: str, image_setting: str | None) -> list[str]:
+    """What to run or change next for these pod problems (commands use ``kubectl``, e.g.
+    ``multipass exec control -- sudo k3s kubectl``).
+
+    Example: an ImagePullBackOff of pod customer-x in yaobank →
+    ``['check the image "calico/yaobank-customer:multiarch" (setting yaobank_images) ...',
+    '`kubectl -n yaobank describe pod customer-x`']``
+    """
+    steps: list[str] = []
+    for problem in problems:
+        if problem.reason in IMAGE_REASONS:
+            where = f" (setting {image_setting})" if image_setting else ""
+            steps.append(
+                f'check that the image "{problem.image}"{where} exists and that the VMs reach its registry; '
+                "fix the name with --data and re-run"
+            )
+        if problem.reason == "CrashLoopBackOff" or problem.reason.startswith("Error"):
+            container = f" -c {problem.container}" if problem.container else ""
+            steps.append(f"`{kubectl} -n {namespace} logs {problem.pod}{container} --previous`")
+        steps.append(f"`{kubectl} -n {namespace} describe pod {problem.pod}`")
+    return steps
 
 
 # --- The polling loop ----------------------------------------------------------------------------
@@ -231,10 +379,19 @@ class Poller:
 
 
 def wait_rollouts(
-    api: KubeApi, namespace: str, names: Iterable[str], timeout: float, log=None
+    api: KubeApi,
+    namespace: str,
+    names: Iterable[str],
+    timeout: float,
+    log=None,
+    kubectl: str = "kubectl",
+    image_setting: str | None = None,
 ) -> list[str]:
     """Wait until every Deployment ``names`` in ``namespace`` is rolled out (kubectl's rule).
-    Returns the final messages; raises WaitFailed on ProgressDeadlineExceeded or timeout."""
+    Returns the final messages; raises WaitFailed on ProgressDeadlineExceeded or timeout, naming
+    each failing deployment's conditions, its pods' reasons (ImagePullBackOff, CrashLoopBackOff,
+    Pending with the scheduler's message), their Warning events and the next command to run
+    (``kubectl``: how the user runs kubectl; ``image_setting``: the setting naming the images)."""
     names = list(names)
     last: dict[str, dict | None] = {}
     poller = Poller(f"deployment(s) {', '.join(names)} -n {namespace}", timeout, log)
@@ -260,23 +417,40 @@ def wait_rollouts(
     if check.done:
         return [f'deployment "{n}" successfully rolled out' for n in names]
     failing = [n for n in names if last.get(n) is None or not rollout_status(last[n]).done] or names
-    details = []
+    lines = [f"error: {check.message}" if check.failed else f"{TIMED_OUT} after {timeout:g}s: {check.message}"]
+    steps = []
     for name in failing:
         dep = last.get(name)
         conditions = format_conditions(dep) if dep else "not found"
-        details.append(f"deployment/{name} -n {namespace}: {conditions}")
-    prefix = f"error: {check.message}" if check.failed else f"{TIMED_OUT} after {timeout:g}s: {check.message}"
+        lines.append(f"  deployment/{name} -n {namespace}: {conditions}")
+        problems = deployment_pod_problems(api, dep) if dep else []
+        lines += [f"    {problem.describe()}" for problem in problems]
+        steps += pod_next_steps(problems, namespace, kubectl, image_setting)
+        if not problems:
+            steps.append(f"`{kubectl} -n {namespace} describe deployment {name}`")
     events = related_events(
         api,
         namespace,
         lambda inv: any(
             inv.get("name") == n or str(inv.get("name", "")).startswith(n + "-") for n in failing
         ),
+        warnings_only=True,
     )
-    raise WaitFailed(_with_events(f"{prefix}; " + "; ".join(details), events))
+    lines += [f"  event: {event}" for event in events] or ["  no related warning events"]
+    raise WaitFailed(_with_next("\n".join(lines), steps))
 
 
-def wait_crds_established(api: KubeApi, names: Iterable[str], timeout: float, log=None) -> list[str]:
+def operator_steps(kubectl: str) -> list[str]:
+    """Where the tigera-operator says what it is doing: its deployment and its log."""
+    return [
+        f"`{kubectl} -n tigera-operator describe deployment tigera-operator`",
+        f"`{kubectl} -n tigera-operator logs deployment/tigera-operator --tail=50`",
+    ]
+
+
+def wait_crds_established(
+    api: KubeApi, names: Iterable[str], timeout: float, log=None, kubectl: str = "kubectl"
+) -> list[str]:
     names = list(names)
     last: dict[str, dict | None] = {}
 
@@ -294,8 +468,10 @@ def wait_crds_established(api: KubeApi, names: Iterable[str], timeout: float, lo
     if check.done:
         return [f"customresourcedefinition/{n} Established" for n in names]
     raise WaitFailed(
-        f"{TIMED_OUT} after {timeout:g}s: {check.message} (the tigera-operator installs its CRDs "
-        "at startup: check its deployment and logs, `kubectl -n tigera-operator logs deploy/tigera-operator`)"
+        _with_next(
+            f"{TIMED_OUT} after {timeout:g}s: {check.message} (the tigera-operator installs its CRDs at startup)",
+            operator_steps(kubectl),
+        )
     )
 
 
@@ -306,7 +482,10 @@ def wait_tigerastatus(
     log=None,
     degraded_grace: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    kubectl: str = "kubectl",
 ) -> str:
+    """Wait until ``tigerastatus/<name>`` is Available; Degraded for longer than the grace period or
+    the timeout raise WaitFailed with the conditions, Calico's Warning events and the next steps."""
     grace = DEGRADED_GRACE if degraded_grace is None else degraded_grace
     state: dict[str, Any] = {"degraded_since": None, "obj": None}
 
@@ -338,10 +517,14 @@ def wait_tigerastatus(
     ) if obj else []
     if obj:
         message = _with_events(message, [e for e in events if e.startswith("Warning")])
-    raise WaitFailed(message)
+    steps = [f"`{kubectl} describe tigerastatus {name}`"] if obj else []
+    steps += [f"`{kubectl} -n calico-system get pods`"] + operator_steps(kubectl)[1:]
+    raise WaitFailed(_with_next(message, steps))
 
 
-def wait_nodes_ready(api: KubeApi, names: Iterable[str], timeout: float, log=None) -> str:
+def wait_nodes_ready(
+    api: KubeApi, names: Iterable[str], timeout: float, log=None, kubectl: str = "kubectl"
+) -> str:
     names = list(names)
     state: dict[str, Any] = {"nodes": []}
 
@@ -356,4 +539,5 @@ def wait_nodes_ready(api: KubeApi, names: Iterable[str], timeout: float, log=Non
         return check.message + (f" (also registered: {', '.join(extra)})" if extra else "")
     not_ready = [n for n in names if f"{n} (" in check.message]
     events = related_events(api, None, lambda inv: inv.get("kind") == "Node" and inv.get("name") in not_ready)
-    raise WaitFailed(_with_events(f"{TIMED_OUT} after {timeout:g}s: {check.message}", events))
+    steps = [f"`{kubectl} describe node {n}`" for n in not_ready] + [f"`{kubectl} -n calico-system get pods -o wide`"]
+    raise WaitFailed(_with_next(_with_events(f"{TIMED_OUT} after {timeout:g}s: {check.message}", events), steps))

@@ -7,6 +7,10 @@ the workstation they run as ``k3s kubectl`` on control through the connector, an
   change detection by server-side dry run, unified diffs with ``--diff``.
 * ``crds_established(names, timeout=None, lab=None)``
 * ``tigerastatus_available(status="calico", timeout=None, lab=None)``
+* ``pools_as_set(installation_yaml, timeout=None, lab=None)`` — the operator-owned IPPools match the
+  Installation and ``tigerastatus/ippools`` is Available.
+* ``live_pool_problems(lab, installation_yaml)`` — not an operation: settings the live cluster cannot take
+  (a pool's block size), for the deploy to refuse before anything changes.
 * ``nodes_ready(names=None, timeout=None, lab=None)``
 * ``rolled_out(namespace, names, timeout=None, lab=None)``
 * ``http_answers(url, expect, timeout=None, lab=None)`` — attach to host1: ``curl`` must return a
@@ -19,21 +23,21 @@ FunctionCommand that returns False (a clean "Error" for the host) after logging 
 from __future__ import annotations
 
 import shlex
+import time
 from typing import Any, Callable, Iterable
 
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
+from calicolab.constants import SERVER
+from calicolab.kube import pools as kpools
 from calicolab.kube import waits
 from calicolab.kube.apply import (
-    POOL_REBUILD_HINT,
     ApplyFailed,
-    ObjectPlan,
     apply_objects,
     order_objects,
     parse_manifest,
     plan_apply,
-    pool_changes,
 )
 from calicolab.kube.client import KubeApi, KubeError, connect, object_ref
 from calicolab.operations.common import print_once
@@ -91,25 +95,42 @@ def _connect(the_host, lab) -> KubeApi:
     )
 
 
+def kubectl_hint(lab) -> str:
+    """How a user runs kubectl against the lab from the workstation, for next-step commands
+    (works wherever Multipass does, with no kubeconfig): ``multipass exec control -- sudo k3s kubectl``."""
+    return f"{lab.multipass_bin} exec {SERVER} -- sudo k3s kubectl"
+
+
 def _error(the_host, step: str, cause: Any) -> bool:
     the_host.log_styled(f"{step} failed on {the_host.name}: {cause}", fg="red", log_func=logger.error)
     return False
 
 
-def _log_pool_warning(the_host, changes: list[str]) -> None:
-    the_host.log_styled(
-        "Installation ipPools differ from the live cluster: " + "; ".join(changes) + ". " + POOL_REBUILD_HINT,
-        fg="yellow",
-        bold=True,
-        log_func=logger.warning,
-    )
+def _installation(objects: list[dict]) -> dict | None:
+    return next((obj for obj in objects if obj.get("kind") == "Installation"), None)
 
 
-def _installation_pool_changes(plans: list[ObjectPlan]) -> list[str]:
-    changes: list[str] = []
-    for plan in plans:
-        changes += pool_changes(plan.live, plan.obj)
-    return changes
+def _apiserver_present(api: KubeApi, lab) -> bool:
+    """The operator can change pools through the Calico API server: set Enabled (this run applies it before
+    the Installation) or already in the cluster."""
+    if lab.calico_apiserver == "Enabled":
+        return True
+    return api.get("operator.tigera.io/v1", "APIServer", "default") is not None
+
+
+def _review_pools(api: KubeApi, installation: dict | None, lab) -> tuple[str, bool]:
+    """(message, blocked) for the Installation's pools against the live IPPools (see kube.pools)."""
+    if installation is None:
+        return "", False
+    plan = kpools.plan_pools(installation, api.list(kpools.IPPOOL_API, "IPPool"))
+    if not plan.needs_apiserver and not plan.block_sizes:
+        return "", False
+    return kpools.review_message(plan, _apiserver_present(api, lab))
+
+
+def _log_pool_review(the_host, message: str, blocked: bool) -> None:
+    if message:
+        the_host.log_styled(message, fg="red" if blocked else "yellow", bold=True, log_func=logger.warning)
 
 
 # --- applied ----------------------------------------------------------------------------------------
@@ -123,6 +144,10 @@ def _apply_now(state, host, manifest_yaml: str, lab, manifest: str) -> bool:
     except KubeError as exc:
         return _error(host, step, exc)
     try:
+        # Decided on the live pools now: an Installation the operator cannot apply is not applied at all.
+        message, blocked = _review_pools(api, _installation(objects), lab)
+        if blocked:
+            return _error(host, step, message)
         host.log(f"{step}: {len(objects)} object(s) via {api.description}")
         result = apply_objects(api, objects, log=lambda message: host.log(f"  {message}"))
     except ApplyFailed as exc:
@@ -157,6 +182,7 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
         return
     try:
         plans = plan_apply(api, objects)
+        pool_message, pool_blocked = _review_pools(api, _installation(objects), lab)
     except KubeError as exc:
         host.log(f"cannot compare {manifest} with the cluster ({exc}): assuming {len(objects)} object(s) will be applied")
         yield command
@@ -164,9 +190,8 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
     finally:
         api.close()
 
-    pool = _installation_pool_changes(plans)
-    if pool:  # the body runs in planning and again in execution: both the dry and the real run flag it
-        _log_pool_warning(host, pool)
+    # The body runs in planning and again in execution: both the dry and the real run say it.
+    _log_pool_review(host, pool_message, pool_blocked)
     first_look = print_once()
     for plan in plans:
         if plan.action == "conflict" and first_look:
@@ -253,7 +278,7 @@ def crds_established(names: list[str], timeout: float | None = None, lab=None):
         f"CRDs {', '.join(names)} Established",
         lab,
         probe,
-        lambda api, log: waits.wait_crds_established(api, names, timeout, log),
+        lambda api, log: waits.wait_crds_established(api, names, timeout, log, kubectl=kubectl_hint(lab)),
     )
 
 
@@ -270,8 +295,80 @@ def tigerastatus_available(status: str = "calico", timeout: float | None = None,
         f"tigerastatus/{status} Available",
         lab,
         probe,
-        lambda api, log: waits.wait_tigerastatus(api, status, timeout, log),
+        lambda api, log: waits.wait_tigerastatus(api, status, timeout, log, kubectl=kubectl_hint(lab)),
     )
+
+
+def _pools_probe(installation: dict, api: KubeApi) -> waits.Check:
+    return kpools.pools_check(
+        installation,
+        api.list(kpools.IPPOOL_API, "IPPool"),
+        api.get("operator.tigera.io/v1", "TigeraStatus", "ippools"),
+    )
+
+
+def _wait_pools(api: KubeApi, installation: dict, timeout: float, log) -> str:
+    """Poll until the pools are as set; a Degraded ``ippools`` may last ``waits.DEGRADED_GRACE`` seconds
+    (the operator retries once the API server it waited for is Ready)."""
+    degraded_since: dict[str, float] = {}
+
+    def probe() -> waits.Check:
+        check = _pools_probe(installation, api)
+        if not check.failed:
+            degraded_since.clear()
+            return check
+        since = degraded_since.setdefault("ippools", time.monotonic())
+        if time.monotonic() - since < waits.DEGRADED_GRACE:
+            return waits.Check(False, check.message)
+        return check
+
+    check = waits.Poller("the IP pools as set", timeout, log).run(probe)
+    if check.done:
+        return check.message
+    prefix = "" if check.failed else f"{waits.TIMED_OUT} after {timeout:g}s: "
+    hint = f". {kpools.WAYS_FORWARD}" if "API server is unavailable" in check.message else ""
+    raise waits.WaitFailed(f"{prefix}{check.message}{hint}")
+
+
+@operation()
+def pools_as_set(installation_yaml: str, timeout: float | None = None, lab=None):
+    """Wait until the operator-owned IPPools match the Installation of ``installation_yaml`` (CIDR, block
+    size, natOutgoing, encapsulation) and ``tigerastatus/ippools`` is Available.
+
+    + installation_yaml: the rendered Installation, e.g. ``render_manifest(lab, "installation")``
+    + timeout: seconds (default ``lab.timeout_calico_available``)
+    + lab: the Lab (default: ``lab_for_host(host)``)
+    """
+    lab = _lab(lab)
+    timeout = lab.timeout_calico_available if timeout is None else timeout
+    installation = _installation(parse_manifest(installation_yaml)) or {}
+    yield from _wait_op(
+        "the IP pools as set (tigerastatus/ippools Available)",
+        lab,
+        lambda api: _pools_probe(installation, api),
+        lambda api, log: _wait_pools(api, installation, timeout, log),
+    )
+
+
+def live_pool_problems(lab, installation_yaml: str, the_host=None) -> list[str]:
+    """Pool settings the live cluster cannot take (an existing pool's block size), each naming the setting
+    and the fix; ``[]`` when the API is not reachable (nothing is installed to compare with).
+
+    Example: ``live_pool_problems(lab, render_manifest(lab, "installation"))`` →
+    ``["calico_pool_block_size: 24 differs from the live IPPool default-ipv4-ippool ..."]``"""
+    the_host = the_host or host
+    try:
+        api = _connect(the_host, lab)
+    except KubeError:
+        return []
+    try:
+        installation = _installation(parse_manifest(installation_yaml)) or {}
+        return kpools.block_size_problems(kpools.plan_pools(installation, api.list(kpools.IPPOOL_API, "IPPool")))
+    except KubeError as exc:
+        the_host.log(f"cannot compare the pool settings with the cluster ({exc}); the Calico phase checks again")
+        return []
+    finally:
+        api.close()
 
 
 def default_node_names(lab) -> list[str]:
@@ -288,13 +385,26 @@ def nodes_ready(names: list[str] | None = None, timeout: float | None = None, la
         f"nodes {', '.join(names)} Ready",
         lab,
         lambda api: waits.nodes_check(api.list("v1", "Node"), names),
-        lambda api, log: waits.wait_nodes_ready(api, names, timeout, log),
+        lambda api, log: waits.wait_nodes_ready(api, names, timeout, log, kubectl=kubectl_hint(lab)),
     )
 
 
 @operation()
-def rolled_out(namespace: str, names: list[str], timeout: float | None = None, lab=None):
-    """Wait until each Deployment ``names`` in ``namespace`` is rolled out (kubectl's rule)."""
+def rolled_out(
+    namespace: str,
+    names: list[str],
+    timeout: float | None = None,
+    lab=None,
+    image_setting: str | None = None,
+):
+    """Wait until each Deployment ``names`` in ``namespace`` is rolled out (kubectl's rule).
+
+    + image_setting: the setting that names the deployments' images, named when an image cannot be
+      pulled (e.g. ``"yaobank_images"``)
+
+    A failure names each pod's reason (ImagePullBackOff, CrashLoopBackOff, Pending with the
+    scheduler's message), its events and the next command to run.
+    """
     lab = _lab(lab)
     names = list(names)
     timeout = lab.timeout_rollout if timeout is None else timeout
@@ -315,7 +425,9 @@ def rolled_out(namespace: str, names: list[str], timeout: float | None = None, l
         f"rollout of {', '.join(names)} -n {namespace}",
         lab,
         probe,
-        lambda api, log: waits.wait_rollouts(api, namespace, names, timeout, log),
+        lambda api, log: waits.wait_rollouts(
+            api, namespace, names, timeout, log, kubectl=kubectl_hint(lab), image_setting=image_setting
+        ),
     )
 
 

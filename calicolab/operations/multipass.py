@@ -82,7 +82,8 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
             ok = False
             continue
         if isinstance(result, BaseException):
-            host.log(f"launch {name} failed: {result}", log_func=logger.error)
+            failure = mp.MultipassFailure("other", str(result))
+            host.log(mp.explain_failure("launch", name, failure, multipass_bin), log_func=logger.error)
             ok = False
             continue
         if result.ok:
@@ -92,7 +93,7 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
         if failure.kind == "timeout":
             timed_out.append(name)
             continue
-        host.log(mp.explain_failure("launch", name, failure), log_func=logger.error)
+        host.log(mp.explain_failure("launch", name, failure, multipass_bin), log_func=logger.error)
         ok = False
 
     if timed_out:
@@ -108,8 +109,9 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
                 )
             else:
                 host.log(
-                    f"launch {name} failed: timed out (state now: {vm_state or 'absent'}); "
-                    "on slow links raise timeout_cloud_init and re-run",
+                    f"launch {name} failed: timed out (state now: {vm_state or 'absent'}). Next: check "
+                    f"`{mp.shell_join(mp.bin_argv(multipass_bin))} info {name}`; on slow links raise "
+                    "timeout_cloud_init (e.g. --data timeout_cloud_init=1800), then re-run the deploy",
                     log_func=logger.error,
                 )
                 ok = False
@@ -141,13 +143,14 @@ def _run_each(state, host, action: str, names: list[str], multipass_bin: str, ti
             host.log(mp.not_installed_hint(multipass_bin), log_func=logger.error)
             ok = False
         elif isinstance(result, BaseException):
-            host.log(f"{action} {name} failed: {result}", log_func=logger.error)
+            failure = mp.MultipassFailure("other", str(result))
+            host.log(mp.explain_failure(action, name, failure, multipass_bin), log_func=logger.error)
             ok = False
         elif not result.ok:
             failure = mp.classify_error(result.returncode, result.stdout, result.stderr)
             if action == "delete" and failure.kind == "does-not-exist":
                 continue  # already gone: that is what we wanted
-            host.log(mp.explain_failure(action, name, failure), log_func=logger.error)
+            host.log(mp.explain_failure(action, name, failure, multipass_bin), log_func=logger.error)
             ok = False
         else:
             host.log(f"{action}: {name} done")
@@ -364,13 +367,8 @@ def _wait_cloud_init(state, host, timeout: int) -> bool:
             host.log("cloud-init finished")
             return True
         if status == "error":
-            host.log(
-                f"cloud-init failed in {host.name} (status: error). `cloud-init status --long`:\n"
-                f"{_indent(details.get('raw', ''))}\n"
-                f"Look at /var/log/cloud-init-output.log in the VM (`multipass exec {host.name} -- "
-                f"sudo tail -n 50 /var/log/cloud-init-output.log`)",
-                log_func=logger.error,
-            )
+            multipass_bin = host.data.get("multipass_bin") or mp.DEFAULT_BIN
+            host.log(mp.cloud_init_error_message(host.name, details, multipass_bin), log_func=logger.error)
             return False
         if status == "disabled":
             host.log(f"cloud-init is disabled in {host.name}: the lab's user-data never ran",

@@ -428,7 +428,8 @@ class Store:
         previous = set(mine["_paths"]) if mine else set()
         new = M.clone(M.strategic_merge(old, applied, apply=True))
         others = set().union(*[e["_paths"] for e in owners if e is not mine] or [set()])
-        for p in sorted(previous - paths - others, key=len, reverse=True):
+        # whole list items first: once an item's key field is gone the item can no longer be found by it
+        for p in sorted(previous - paths - others, key=lambda p: (p[-1] != ".", -len(p))):
             M.remove_path(new, p)
         for e in owners:   # applying takes the fields away from Update managers (they lose them)
             if e is not mine and e["operation"] != "Apply" and e.get("subresource") == subresource:

@@ -96,3 +96,16 @@ class PKI:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(_name(cn, org), key, ca.subject, ca_key, days=365)
         return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def server_certificate(directory: str | os.PathLike, ip: str, cn: str) -> tuple[Path, Path, Path]:
+    """A CA and a serving certificate for ``ip`` in ``directory``: paths (ca.crt, server.crt, server.key)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca, ca_key = _load_or_make_ca(d, "ca", f"{cn} CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(_name(cn), key, ca.subject, ca_key, server=True,
+                  sans=[x509.IPAddress(ipaddress.ip_address(ip))], days=30)
+    _write(d / "server.key", _pem_key(key))
+    _write(d / "server.crt", cert.public_bytes(serialization.Encoding.PEM))
+    return d / "ca.crt", d / "server.crt", d / "server.key"

@@ -7,14 +7,14 @@
   with TLS in /var/lib/rancher/k3s/server/tls, forwards 127.0.0.1:6443 to it, writes the admin kubeconfig
   (write-kubeconfig, default /etc/rancher/k3s/k3s.yaml, server https://127.0.0.1:6443, write-kubeconfig-mode),
   the join token /var/lib/rancher/k3s/server/token (+ node-token) as K10<sha256(server CA)>::server:<secret>,
-  and notifies systemd (READY=1) once the API answers.
+  and notifies systemd (READY=1) once the API answers. The fake controllers re-read their switches from
+  /var/lib/rancher/k3s/server/netlab-controller-switches.json (tests write it to provoke faults).
 * ``k3s agent [flags]``: server/token/token-file/node-ip/node-name from config.yaml, flags or K3S_URL/K3S_TOKEN/
   K3S_TOKEN_FILE; waits for the server, checks the CA hash of a K10 token, registers its Node (InternalIP =
   node-ip) with the token as Bearer auth; 401 -> exits 1 with a clear error (systemd restarts it).
 * ``k3s kubectl ...``: the venv kubectl with KUBECONFIG=/etc/rancher/k3s/k3s.yaml (unless KUBECONFIG is set).
 
-Everything it decided is written to /var/lib/rancher/k3s/netlab-<server|agent>.json for tests. Tests break the
-running cluster through /var/lib/rancher/k3s/server/netlab-switches.json (the fake controllers' switches).
+Everything it decided is written to /var/lib/rancher/k3s/netlab-<server|agent>.json for tests.
 """
 import hashlib
 import ipaddress
@@ -38,6 +38,8 @@ VENV_PY = "@@VENV_PY@@"  # the test run's interpreter (the mirror bakes it in)
 KUBECTL = "@@VENV_BIN@@/kubectl"
 CONFIG = "/etc/rancher/k3s/config.yaml"
 DATA = "/var/lib/rancher/k3s"
+#: in the server's data folder: the fake controllers' switches (tests write it to provoke faults)
+CONTROLLER_SWITCHES = "netlab-controller-switches.json"
 BOOL_FLAGS = {"disable-network-policy", "disable-kube-proxy", "disable-cloud-controller", "disable-helm-controller",
               "cluster-init", "debug", "secrets-encryption", "protect-kernel-defaults", "selinux", "rootless",
               "prefer-bundled-bin", "flannel-ipv6-masq", "embedded-registry", "disable-scheduler",
@@ -264,7 +266,7 @@ def server(args):
     for n in dict.fromkeys(san_dns):
         argv += ["--san-dns", n]
     env = dict(os.environ, PYTHONPATH=PROJECT_DIR, KUBEAPI_FAKE_NODES=f"{socket.gethostname()}={node_ip}",
-               KUBEAPI_FAKE_SWITCHES=f"{sdir}/netlab-switches.json")
+               KUBEAPI_FAKE_SWITCHES=f"{sdir}/{CONTROLLER_SWITCHES}")
     info = {"version": VERSION, "node_ip": node_ip, "tls_san": tls_sans, "service_cidr": service_cidr,
             "cluster_cidr": cluster_cidr, "flannel_backend": cfg.get("flannel-backend", "vxlan"),
             "disable_network_policy": bool(cfg.get("disable-network-policy", False)),

@@ -301,6 +301,11 @@ class NetLab:
             st["vms"][name] = vm
             return vm
 
+    def trust_ca(self, ca_file: os.PathLike | str) -> None:
+        """VMs created from now on trust this CA too (appended to their system CA bundle)."""
+        with self.locked() as st:
+            st["trusted_ca"] = str(ca_file)
+
     def update_vm(self, name: str, **changes) -> dict:
         with self.locked() as st:
             st["vms"][name].update(changes)
@@ -340,6 +345,12 @@ class NetLab:
         etc.mkdir(exist_ok=True)
         (etc / "hostname").write_text(vm["name"] + "\n")
         (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        trusted = self.state().get("trusted_ca")
+        if trusted:
+            bundle = pathlib.Path("/etc/ssl/certs/ca-certificates.crt")
+            (etc / "ssl" / "certs").mkdir(parents=True, exist_ok=True)
+            (etc / "ssl" / "certs" / "ca-certificates.crt").write_bytes(
+                (bundle.read_bytes() if bundle.exists() else b"") + pathlib.Path(trusted).read_bytes())
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {vm['name']}\n")
         # user ubuntu (uid/gid 1000) replacing whatever owns 1000 on the machine
         for fname, line in (("passwd", "ubuntu:x:1000:1000:Ubuntu:/home/ubuntu:/bin/bash\n"),
@@ -393,6 +404,9 @@ class NetLab:
         for sub in ("etc/systemd/system/multi-user.target.wants", "var/lib/cloud/instance", "var/log",
                     "usr/lib/systemd/system"):  # never "lib/...": /lib is a symlink in the lower layer
             (up / sub).mkdir(parents=True, exist_ok=True)
+        if vm.get("cloud_init_fault"):  # a test's fault injection, read by the cloud-init stand-in
+            (up / "var/lib/netlab").mkdir(parents=True, exist_ok=True)
+            (up / "var/lib/netlab/cloud-init-fault").write_text(vm["cloud_init_fault"])
         if user_data is not None:
             ud = up / "var/lib/cloud/instance/user-data.txt"
             ud.write_text(user_data)

@@ -1,5 +1,6 @@
-"""The lab's download mirror: a plain HTTP file server in the workstation namespace on http://203.0.113.1:8080,
-reachable from every VM over the "Multipass DHCP" network (the VMs have no internet).
+"""The lab's download mirror: an HTTPS file server in the workstation namespace on https://203.0.113.1:8080,
+reachable from every VM over the "Multipass DHCP" network (the VMs have no internet). Its certificate is
+issued by a CA of the lab's own, which every VM trusts (``NetLab.trust_ca``), as a company mirror's would be.
 
 Layout (upstream-like paths; ``{version}`` and ``{arch}`` as in the product's URL templates):
 
@@ -21,7 +22,7 @@ import sys
 from .lab import HERE, PROJECT_DIR, WS_ADDR, NetLab
 
 PORT = 8080
-BASE = f"http://{WS_ADDR}:{PORT}"
+BASE = f"https://{WS_ADDR}:{PORT}"
 DEFAULT_K3S = ("v1.35.4+k3s1",)
 DEFAULT_KUBECTL = ("v1.35.4",)
 DEFAULT_CALICOCTL = ("v3.32.1",)
@@ -138,10 +139,14 @@ class Mirror:
         return self
 
     def start(self) -> "Mirror":
+        from ..kubeapi.tls import server_certificate
+
         self.build()
+        ca, cert, key = server_certificate(self.lab.workdir / "mirror-tls", WS_ADDR, "netlab mirror")
+        self.lab.trust_ca(ca)
         log = open(self.log_path, "ab")
-        self.proc = self.lab.ws_popen([sys.executable, "-m", "http.server", str(PORT), "--bind", WS_ADDR,
-                                       "--directory", str(self.root)], stdout=log, stderr=log,
+        self.proc = self.lab.ws_popen([sys.executable, str(HERE / "https_server.py"), WS_ADDR, str(PORT),
+                                       str(self.root), str(cert), str(key)], stdout=log, stderr=log,
                                       stdin=subprocess.DEVNULL)
         log.close()
         # readiness, checked from inside the workstation namespace (never from the root namespace)
