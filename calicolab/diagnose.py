@@ -43,7 +43,7 @@ from calicolab.multipass import (
     run_process,
 )
 from calicolab.render import render_all
-from calicolab.state import FILE_MODE, FOLDER_MODE, MASK, SECRET_FILTER, LabState, mask, register_kubeconfig_secrets
+from calicolab.state import DIAGNOSTICS_DIR, FILE_MODE, FOLDER_MODE, MASK, SECRET_FILTER, LabState, mask, register_kubeconfig_secrets
 
 COMMAND_TIMEOUT = 90
 LOG_TAIL = 200
@@ -99,7 +99,7 @@ class Bundle:
 
     @classmethod
     def create(cls, lab, secrets: Iterable[str]) -> "Bundle":
-        base = LabState(lab.state_path).ensure() / "diagnostics"
+        base = LabState(lab.state_path).ensure() / DIAGNOSTICS_DIR
         base.mkdir(mode=FOLDER_MODE, exist_ok=True)
         os.chmod(base, FOLDER_MODE)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -204,3 +204,12 @@ def test_collection_never_fails_as_a_whole_without_multipass(lab, tmp_path):
     summary = (root / "summary.txt").read_text()
     assert summary.index("FAIL control: VM Running") < summary.index("Where to look:") < summary.index("Not collected:")
     assert "VM Running: multipass/list.json" in summary
+
+
+def test_teardown_removes_the_bundles_with_the_state_folder(lab):
+    from calicolab.state import LabState
+
+    bundle = Bundle.create(lab, [])
+    bundle.write("summary.txt", "a summary")
+    assert LabState(lab.state_path).remove() == []
+    assert not lab.state_path.exists()
