@@ -10,6 +10,7 @@ them in this order on every host (pyinfra orders operations per host, not by lin
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 
+from calicolab.diagnose import collect_on_failure
 from calicolab.model import LabConfigError, lab_for_host
 from calicolab.operations.barrier import barrier
 from tasks import app, calico, k3s, verify, vms
@@ -19,6 +20,9 @@ try:
 except LabConfigError as error:
     # One message listing every bad setting, before anything is touched.
     raise PyinfraError(str(error)) from None
+
+# A failed step writes a diagnostics bundle to the local state folder and prints its path.
+collect_on_failure(lab)
 
 # 1. Creating the lab environment: four VMs from their cloud-init.
 vms.vms_running(lab)
@@ -42,5 +46,5 @@ barrier(name="── phase 3 done: Calico available ──")
 app.deploy(lab)
 barrier(name="── phase 4 done: YaoBank rolled out ──")
 
-# 5. Verification from outside the cluster.
+# 5. Verification: the YaoBank page from host1, then the report card (the same as verify.py).
 verify.check(lab)

@@ -8,7 +8,8 @@ code, without a traceback or a prompt, when:
 * a setting is invalid (every problem at once, each naming the field and what is valid);
 * ``multipass`` is missing, its daemon does not answer, or it is older than calicolab supports;
 * stdin is not a terminal and the run would have to ask "Press enter to execute" (use ``-y`` or ``--dry``);
-* another calicolab run holds the lab (runs that change things take the lab's lock).
+* another calicolab run holds the lab (runs that change things take the lab's lock; verify.py and
+  diagnose.py only look, like a dry run).
 
 It warns, and goes on, when the lab's VMs need more memory or CPUs than this machine has.
 
@@ -46,6 +47,8 @@ from calicolab.state import LabBusy, LabState, StateError
 VERSION_TIMEOUT = 30
 #: pyinfra commands that never change anything and never ask.
 READ_ONLY_COMMANDS = ("fact", "debug-inventory")
+#: deploy files that only look at the lab (the report card, the diagnostics bundle): no lock, like --dry
+READ_ONLY_DEPLOYS = ("verify.py", "diagnose.py")
 
 
 class StopRun(CliError, PyinfraError):
@@ -211,5 +214,6 @@ def run(checkout: Path) -> Lab | None:
     _non_interactive_failures()
     for warning in size_warnings(lab, workstation_memory(), os.cpu_count()):
         logger.warning(f"calicolab: {warning}")
-    take_lock(lab, dry=bool(params.get("dry")))
+    read_only = bool(_deploy_files(params)) and all(Path(f).name in READ_ONLY_DEPLOYS for f in _deploy_files(params))
+    take_lock(lab, dry=bool(params.get("dry")) or read_only)
     return lab

@@ -25,6 +25,7 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import secrets as _secrets
 import stat
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ TOKEN_FILE = "cluster-token"
 KUBECONFIG_FILE = "kubeconfig.yaml"
 MARKER_FILE = "calicolab-state"
 LOCK_FILE = "run.lock"
+#: the diagnostics bundles (calicolab.diagnose), one folder per failed or diagnosed run
+DIAGNOSTICS_DIR = "diagnostics"
 #: Everything calicolab writes into the state folder (teardown removes these and nothing else).
 OWN_FILES = (TOKEN_FILE, KUBECONFIG_FILE, LOCK_FILE, MARKER_FILE)
 _TEMP_FILE_RE = re.compile(r"^\.[A-Za-z0-9._-]+\.[0-9a-f]{12}\.tmp$")
@@ -296,6 +299,9 @@ class LabState:
         for path in self.own_files():
             if path != marker:
                 path.unlink(missing_ok=True)
+        bundles = self.path / DIAGNOSTICS_DIR
+        if bundles.is_dir() and not bundles.is_symlink():
+            shutil.rmtree(bundles)
         left = sorted(name for name in os.listdir(self.path) if name != MARKER_FILE)
         if left:
             return left

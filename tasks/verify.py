@@ -1,26 +1,47 @@
-"""Phase: verification from host1, like the course (`curl 198.19.0.1:30180`)."""
+"""Phase 5: the report card — the course's checkpoints, checked read-only, printed as one table.
+
+``verify.py`` runs :func:`report_card` alone; the deploy runs :func:`check` (it first waits for the
+YaoBank page, like the course's ``curl 198.19.0.1:30180`` from host1, then the same report card), so
+a deploy and a verify agree. Call both on every host: each step picks its hosts.
+"""
 
 from pyinfra import host
 
+from calicolab.checks import YAOBANK_TEXT, yaobank_url
+from calicolab.constants import SERVER
 from calicolab.model import lab_for_host
-from calicolab.operations import kubernetes
+from calicolab.operations import checks, kubernetes
+from calicolab.operations.barrier import barrier
 
-EXPECTED_TEXT = "Welcome to YAO Bank"
+EXPECTED_TEXT = YAOBANK_TEXT
 
 
-def yaobank_url(lab) -> str:
-    return f"http://{lab.vms['control'].lab_ip}:{lab.yaobank_node_port}/"
+def observe(lab) -> None:
+    """Every check, in course order; the rows are kept for the report."""
+    if host.name == "@local":
+        checks.instances_checked(name="Check: lab VMs Running", lab=lab)
+    barrier(name="── checks: VM states known ──")
+    if host.name in lab.vms:
+        checks.vm_checked(name="Check: inside each VM", lab=lab)
+    if host.name == SERVER:
+        checks.cluster_checked(name="Check: the cluster (nodes, Calico, IPPool, YaoBank)", lab=lab)
+
+
+def report_card(lab) -> None:
+    """Every check, then the table (exit status 1 when a row failed)."""
+    observe(lab)
+    checks.report(name="Report card", lab=lab)
 
 
 def check(lab=None) -> None:
     lab = lab or lab_for_host(host)
-    if host.name != lab.client.name:
-        return
-
-    kubernetes.http_answers(
-        name=f"Verify: YaoBank answers on {yaobank_url(lab)} from host1",
-        url=yaobank_url(lab),
-        expect=EXPECTED_TEXT,
-        timeout=lab.timeout_app_answer,
-        lab=lab,
-    )
+    if host.name == lab.client.name:
+        kubernetes.http_answers(
+            name=f"Verify: YaoBank answers on {yaobank_url(lab)} from host1",
+            url=yaobank_url(lab),
+            expect=EXPECTED_TEXT,
+            timeout=lab.timeout_app_answer,
+            lab=lab,
+        )
+    barrier(name="── YaoBank answers ──")
+    report_card(lab)

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 
+from . import calico_system
 from .store import now
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class FakeCluster:
       deployment stays unavailable and its pods show the fault in their status, with the kubelet's or the
       scheduler's Events); deployment_modes: {"ns/name": mode} overrides; rollout_delay: 0.0 seconds.
     * daemonsets: True - DaemonSets roll out on all nodes (follows `deployments`).
+    * stopped_kubelets: [] - nodes whose kubelet stopped posting status (Ready=Unknown, NodeStatusUnknown).
     * switches_file: a JSON file of switches ({"deployment_modes": {...}, "calico": ...}) re-read whenever it
       changes, so a test can turn faults on and off in a running cluster (the test lab's fake k3s sets it).
     """
@@ -190,6 +192,7 @@ class FakeCluster:
         self.deployment_modes = dict(deployment_modes or {})
         self.rollout_delay, self.daemonsets, self.interval = rollout_delay, daemonsets, interval
         self.kubelet_version = kubelet_version
+        self.stopped_kubelets: list[str] = []
         self.switches_file, self._switches_mtime = switches_file, None
         self._seen: dict[tuple, float] = {}
         self._wake = threading.Event()
@@ -260,7 +263,7 @@ class FakeCluster:
 
     # ---- one reconcile pass -------------------------------------------------------------------
     SWITCHES = ("operator", "manage_crds", "calico", "calico_delay", "degraded_message", "nodes_ready",
-                "deployments", "deployment_modes", "rollout_delay", "daemonsets")
+                "deployments", "deployment_modes", "rollout_delay", "daemonsets", "stopped_kubelets")
 
     def _load_switches(self) -> None:
         """Apply the switches file when it changed (a missing file means: no change)."""
@@ -419,6 +422,7 @@ class FakeCluster:
         if inst is None or self.store.get(CRD_API, "CustomResourceDefinition",
                                           "tigerastatuses.operator.tigera.io") is None:
             return
+        calico_system.ensure(self.store)
         first = self._seen.setdefault(("installation", inst["metadata"]["uid"]), time.monotonic())
         done = time.monotonic() - first >= self.calico_delay
         outcome = self.calico if done else "progressing"
@@ -562,8 +566,11 @@ class FakeCluster:
         for node in self.store.list("v1", "Node"):
             st = node.get("status") or {}
             conds = [c for c in st.get("conditions") or [] if c.get("type") != "Ready"]
-            conds.append(_cond("Ready", "True", "KubeletReady", "kubelet is posting ready status") if ready
-                         else _cond("Ready", "False", "KubeletNotReady", NOT_READY_MSG))
+            if node["metadata"]["name"] in self.stopped_kubelets:  # what the node lifecycle controller reports
+                conds.append(_cond("Ready", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."))
+            else:
+                conds.append(_cond("Ready", "True", "KubeletReady", "kubelet is posting ready status") if ready
+                             else _cond("Ready", "False", "KubeletNotReady", NOT_READY_MSG))
             self._set_status("v1", "Node", node, dict(st, conditions=conds))
 
 

@@ -370,18 +370,24 @@ def agent(args):
     while True:
         try:
             try:
-                call("GET", f"/api/v1/nodes/{name}")
+                cur = call("GET", f"/api/v1/nodes/{name}")
             except urllib.error.HTTPError as e:
                 if e.code != 404:
                     raise
                 call("POST", "/api/v1/nodes", dict(node, status=status))
-                try:
-                    cur = call("GET", f"/api/v1/nodes/{name}")
-                    if not (cur.get("status") or {}).get("addresses"):
-                        call("PUT", f"/api/v1/nodes/{name}/status", dict(cur, status=status))
-                except urllib.error.HTTPError:
-                    pass
+                cur = {}
                 log(f"Node {name} registered with InternalIP {node_ip}")
+            try:
+                # like the kubelet's periodic node status update: a status written over by another
+                # controller at registration time (a race) gets its addresses back on the next pass
+                cur = cur or call("GET", f"/api/v1/nodes/{name}")
+                if not (cur.get("status") or {}).get("addresses"):
+                    merged = dict(status)
+                    merged.update(cur.get("status") or {})
+                    merged["addresses"] = status["addresses"]
+                    call("PUT", f"/api/v1/nodes/{name}/status", dict(cur, status=merged))
+            except urllib.error.HTTPError:
+                pass
             if not registered:
                 registered = True
                 with open(f"{DATA}/agent-registered", "w") as f:

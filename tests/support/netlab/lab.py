@@ -387,7 +387,7 @@ class NetLab:
         os.chmod(lib / "pysu", 0o4755)
         for tool, target, link in (("systemctl", "bin", "systemctl"), ("cloud-init", "bin", "cloud-init"),
                                    ("sudo", "bin", "sudo"), ("netlab-boot", "sbin", "netlab-boot"),
-                                   ("cloud-init", "sbin", "netplan")):
+                                   ("cloud-init", "sbin", "netplan"), ("journalctl", "bin", "journalctl")):
             dst = up / "usr/local" / target / link
             with contextlib.suppress(FileNotFoundError):
                 dst.unlink()

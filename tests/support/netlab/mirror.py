@@ -46,6 +46,27 @@ if args[:1] == ["version"]:
     print("Client Version:    {version}\\nGit commit:        netlab00\\nCluster Version:   {version}\\n"
           "Cluster Type:      typha,kdd,k8s,operator,bgp,kubeadm")
     sys.exit(0)
+if args[:2] in (["get", "ippools"], ["get", "ippool"]):
+    import json, os, subprocess
+    # like calicoctl: without DATASTORE_TYPE=kubernetes it talks to etcd (none in the lab)
+    if os.environ.get("DATASTORE_TYPE") != "kubernetes":
+        print("Failed to get resources: context deadline exceeded (etcdv3 at http://127.0.0.1:2379)", file=sys.stderr)
+        sys.exit(1)
+    run = subprocess.run(["{venv_bin}/kubectl", "get", "ippools.crd.projectcalico.org", "-o", "json"],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        print("Failed to get resources: " + run.stderr.strip(), file=sys.stderr)
+        sys.exit(1)
+    wide = "wide" in args
+    print("NAME                  CIDR             SELECTOR" + ("   NAT     IPIPMODE   VXLANMODE" if wide else ""))
+    for item in json.loads(run.stdout)["items"]:
+        spec = item["spec"]
+        line = f"{item['metadata']['name']:<21} {spec['cidr']:<16} {spec.get('nodeSelector', 'all()')}"
+        if wide:
+            line += f"   {str(spec.get('natOutgoing', False)).lower():<7} {spec.get('ipipMode', 'Never'):<10} " \
+                    f"{spec.get('vxlanMode', 'Never')}"
+        print(line)
+    sys.exit(0)
 print("netlab fake calicoctl: " + " ".join(args) + ": not emulated", file=sys.stderr)
 sys.exit(1)
 """
@@ -112,7 +133,7 @@ class Mirror:
             sums = []
             for arch in ARCHES:
                 b = self._write(f"calicoctl/releases/download/{v}/calicoctl-linux-{arch}",
-                                CALICOCTL.replace("{version}", v), 0o755)
+                                CALICOCTL.replace("{version}", v).replace("{venv_bin}", venv_bin), 0o755)
                 sums.append(f"{_sha(b)}  calicoctl-linux-{arch}")
             self._write(f"calicoctl/releases/download/{v}/SHA256SUMS", "\n".join(sums) + "\n")
         return self

@@ -1,0 +1,23 @@
+"""The report card: is this lab the course's lab? Read-only; nothing is changed.
+
+    pyinfra inventory.py verify.py -y          check every checkpoint, print one table
+    pyinfra inventory.py verify.py -y --json   the same, pyinfra's JSON on stdout, the table on stderr
+
+Exit status 0 only when every row passes. A failing row shows what was observed and the next command
+to try; a diagnostics bundle is written to the local state folder and its path printed.
+"""
+
+from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
+
+from calicolab.diagnose import collect_on_failure
+from calicolab.model import LabConfigError, lab_for_host
+from tasks import verify
+
+try:
+    lab = lab_for_host(host)
+except LabConfigError as error:
+    raise PyinfraError(str(error)) from None
+
+collect_on_failure(lab)
+verify.report_card(lab)
