@@ -21,6 +21,7 @@ from typing import Iterable
 import yaml
 
 from calicolab.constants import AGENTS, CLIENT, SERVER
+from calicolab.kube.pools import ENCAPSULATION_MODES
 
 LAB_NAMES = ("control", "node1", "node2", "host1")
 FTP_VMS = (SERVER, *AGENTS)
@@ -449,15 +450,6 @@ def calico_component_rows(lab, daemonset: dict | None, deployments: dict[str, di
                         f"{ready}/{want} available" if dep else "deployment not found",
                         kubectl_hint(f"-n {CALICO_NAMESPACE} describe deployment {name}")))
     return rows
-
-
-ENCAPSULATION_MODES = {
-    "None": ("Never", "Never"),
-    "IPIP": ("Always", "Never"),
-    "IPIPCrossSubnet": ("CrossSubnet", "Never"),
-    "VXLAN": ("Never", "Always"),
-    "VXLANCrossSubnet": ("Never", "CrossSubnet"),
-}
 
 
 def pool_encapsulation(spec: dict) -> str:
