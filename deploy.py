@@ -8,18 +8,13 @@ them in this order on every host (pyinfra orders operations per host, not by lin
 """
 
 from pyinfra import host
-from pyinfra.api.exceptions import PyinfraError
 
 from calicolab.diagnose import collect_on_failure
-from calicolab.model import LabConfigError, lab_for_host
+from calicolab.model import lab_for_host
 from calicolab.operations.barrier import barrier
 from tasks import app, calico, k3s, verify, vms
 
-try:
-    lab = lab_for_host(host)
-except LabConfigError as error:
-    # One message listing every bad setting, before anything is touched.
-    raise PyinfraError(str(error)) from None
+lab = lab_for_host(host)
 
 # A failed step writes a diagnostics bundle to the local state folder and prints its path.
 collect_on_failure(lab)

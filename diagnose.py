@@ -7,17 +7,13 @@ path is printed at the end. Deploys and verifies write one by themselves when th
 """
 
 from pyinfra import host
-from pyinfra.api.exceptions import PyinfraError
 
 from calicolab.diagnose import collect_on_failure
-from calicolab.model import LabConfigError, lab_for_host
+from calicolab.model import lab_for_host
 from calicolab.operations import checks
 from tasks import verify
 
-try:
-    lab = lab_for_host(host)
-except LabConfigError as error:
-    raise PyinfraError(str(error)) from None
+lab = lab_for_host(host)
 
 collect_on_failure(lab)
 verify.observe(lab)

@@ -8,16 +8,12 @@ to try; a diagnostics bundle is written to the local state folder and its path p
 """
 
 from pyinfra import host
-from pyinfra.api.exceptions import PyinfraError
 
 from calicolab.diagnose import collect_on_failure
-from calicolab.model import LabConfigError, lab_for_host
+from calicolab.model import lab_for_host
 from tasks import verify
 
-try:
-    lab = lab_for_host(host)
-except LabConfigError as error:
-    raise PyinfraError(str(error)) from None
+lab = lab_for_host(host)
 
 collect_on_failure(lab)
 verify.report_card(lab)

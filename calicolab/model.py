@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from pyinfra.api.exceptions import PyinfraError
+
 from calicolab.constants import AGENTS, CLIENT, SERVER, VM_NAMES
 from calicolab.state import marker_problem
 
@@ -564,6 +566,10 @@ def lab_for_host(host) -> Lab:
     cached = _LAB_CACHE.get(id(host))
     if cached and cached[0] == data:
         return cached[1]
-    lab = load_lab(data)
+    try:
+        lab = load_lab(data)
+    except LabConfigError as error:
+        # A pyinfra error: the deploy file's loader reports it in one line, without a traceback.
+        raise PyinfraError(str(error)) from None
     _LAB_CACHE[id(host)] = (data, lab)
     return lab
