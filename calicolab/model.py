@@ -1,7 +1,12 @@
 """The lab model: settings from ``group_data/``, converted and validated in one pass.
 
-Every problem found is collected, so the user sees one error that lists all of them, each
-naming the field and what would be valid, before anything is rendered or touched.
+A :class:`Lab` has one typed field per setting of ``group_data/all.py``; it validates itself when it
+is made (``load_lab``, or ``dataclasses.replace`` of a valid lab), and cannot be changed afterwards.
+Every problem found is collected, so the user sees one error that lists all of them, each naming the
+field and what would be valid, before anything is rendered or touched.
+
+The project folder (the checkout, holding ``group_data/`` and ``templates/``) is the folder the
+command runs in, whichever way the package was installed.
 
 Example:
 
@@ -9,6 +14,7 @@ Example:
 
     lab = load_lab(load_defaults() | {"calico_version": "v3.31.7"})
     lab.vms["control"].lab_ip   # "198.19.0.1"
+    dataclasses.replace(lab, tcp_mss=1200)   # validated again
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import re
 import runpy
 import string
 import urllib.parse
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from pyinfra.api.exceptions import PyinfraError
@@ -30,8 +36,9 @@ from pyinfra.api.exceptions import PyinfraError
 from calicolab.constants import AGENTS, CLIENT, SERVER, VM_NAMES
 from calicolab.state import marker_problem
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-GROUP_DATA_ALL = PROJECT_ROOT / "group_data" / "all.py"
+#: Where the settings live, relative to the project folder (the checkout).
+GROUP_DATA_ALL = Path("group_data") / "all.py"
+TEMPLATES = Path("templates")
 
 ENCAPSULATIONS = ("None", "IPIP", "IPIPCrossSubnet", "VXLAN", "VXLANCrossSubnet")
 ENABLED_DISABLED = ("Enabled", "Disabled")
@@ -97,21 +104,104 @@ class VM:
         return _size_bytes(self.memory)
 
 
+class _Missing:
+    """Stands for a setting that was not given (falsy, so an optional setting reads as empty)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+
+
 @dataclass(frozen=True)
 class Lab:
-    """Validated settings. Attribute names are the keys of ``group_data/all.py``."""
+    """Validated settings: one field per setting of ``group_data/all.py``, with its converted value.
 
-    settings: dict[str, Any]
-    vms: dict[str, VM]
-    state_path: Path
-    lab_network: ipaddress.IPv4Network = field(repr=False)
-    mgmt_network: ipaddress.IPv4Network = field(repr=False)
+    Made by :func:`load_lab`; ``dataclasses.replace(lab, key=value)`` makes a new lab and validates
+    it again. ``vms``, the two networks and ``state_path`` are derived from the settings.
 
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self.__dict__["settings"][key]
-        except KeyError:
-            raise AttributeError(f"no lab setting {key!r}") from None
+    Example: ``load_lab(load_defaults()).k3s_api_port`` -> ``6443``
+    """
+
+    # Virtual machines (Multipass)
+    ubuntu_image: str
+    vm_cpus: Mapping[str, int]
+    vm_memory: Mapping[str, str]
+    vm_disk: Mapping[str, str]
+    multipass_bin: str
+    multipass_exec_timeout: int
+    # Addresses
+    lab_prefix: int
+    mgmt_prefix: int
+    lab_ips: Mapping[str, str]
+    mgmt_ips: Mapping[str, str]
+    tcp_mss: int
+    # k3s
+    k3s_version: str
+    cluster_cidr: ipaddress.IPv4Network
+    service_cidr: ipaddress.IPv4Network
+    k3s_api_port: int
+    k3s_install_url: str
+    # Calico (tigera-operator)
+    calico_version: str
+    tigera_operator_image: str
+    calico_pool_cidr: ipaddress.IPv4Network
+    calico_pool_block_size: int
+    calico_pool_nat_outgoing: str
+    calico_pool_encapsulation: str
+    calico_container_ip_forwarding: str
+    calico_apiserver: str
+    external_pool_cidr: ipaddress.IPv4Network
+    service_external_cidr: ipaddress.IPv4Network
+    # Tools on host1
+    kubectl_version: str
+    calicoctl_version: str
+    kubectl_url: str
+    kubectl_sha256_url: str
+    calicoctl_url: str
+    calicoctl_sha256_url: str
+    # BGP on host1
+    bgp_as_number: int
+    # YaoBank
+    yaobank_namespace: str
+    yaobank_images: Mapping[str, str]
+    yaobank_summary_replicas: int
+    yaobank_node_port: int
+    # Waits (seconds)
+    timeout_cloud_init: int
+    timeout_k3s_ready: int
+    timeout_operator_ready: int
+    timeout_calico_available: int
+    timeout_nodes_ready: int
+    timeout_rollout: int
+    timeout_app_answer: int
+    # Local state on the workstation
+    state_dir: str
+    #: The checkout: group_data/ and templates/ are read from here, a relative state_dir is inside it.
+    project_dir: Path = field(default_factory=Path.cwd)
+    # Derived from the settings above when the lab is made.
+    vms: Mapping[str, VM] = field(init=False)
+    state_path: Path = field(init=False)
+    lab_network: ipaddress.IPv4Network = field(init=False, repr=False)
+    mgmt_network: ipaddress.IPv4Network = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for key, value in _validate(self.settings, self.project_dir).items():
+            object.__setattr__(self, key, value)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings as ``group_data/all.py`` names them (a copy: changing it changes no lab)."""
+        return {name: dict(value) if isinstance(value, Mapping) else value
+                for name, value in ((name, getattr(self, name)) for name in SETTINGS)}
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.project_dir / TEMPLATES
 
     @property
     def server(self) -> VM:
@@ -130,20 +220,24 @@ class Lab:
         return f"https://{self.server.lab_ip}:{self.k3s_api_port}"
 
 
-def load_defaults(path: Path = GROUP_DATA_ALL) -> dict[str, Any]:
-    """The settings of ``group_data/all.py`` as a dict (public names only)."""
+#: The setting names: every field of ``Lab`` that is given, not derived (the project folder is no setting).
+SETTINGS = tuple(item.name for item in fields(Lab) if item.init and item.name != "project_dir")
+
+
+def load_defaults(project_dir: Path | None = None) -> dict[str, Any]:
+    """The settings of the checkout's ``group_data/all.py`` as a dict (public names only).
+
+    Example: ``load_defaults()["k3s_api_port"]`` -> ``6443`` (run from the checkout)
+    """
+    path = (project_dir or Path.cwd()) / GROUP_DATA_ALL
+    if not path.is_file():
+        raise LabConfigError([f"{GROUP_DATA_ALL}: not found in {path.parent.parent}; run from the calicolab checkout"])
     namespace = runpy.run_path(str(path))
     return {
         key: value
         for key, value in namespace.items()
         if not key.startswith("_") and not callable(value) and not isinstance(value, type(re))
     }
-
-
-@lru_cache(maxsize=1)
-def _group_data_keys() -> frozenset[str]:
-    """The setting names of group_data/all.py (read once per process, not per host)."""
-    return frozenset(load_defaults())
 
 
 class _Checker:
@@ -156,14 +250,18 @@ class _Checker:
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{key}: {message}")
 
+    def given(self, key: str) -> bool:
+        return self.data.get(key, MISSING) is not MISSING
+
     def get(self, key: str) -> Any:
-        if key not in self.data:
+        if not self.given(key):
             self.problem(key, "missing (it belongs in group_data/all.py)")
-        return self.data.get(key)
+            return None
+        return self.data[key]
 
     def convert(self, key: str, convert: Callable[[Any], Any], hint: str) -> Any:
         value = self.get(key)
-        if value is None and key not in self.data:
+        if not self.given(key):
             return None
         try:
             return convert(value)
@@ -314,19 +412,19 @@ def _check_tool_skew(check: _Checker, s: dict[str, Any]) -> None:
         )
 
 
-def _state_path(check: _Checker, state_dir: str | None, base_dir: Path | None) -> Path | None:
+def _state_path(check: _Checker, state_dir: str | None, project_dir: Path) -> Path | None:
     """The absolute state folder, refused when it is a place teardown must never remove."""
     if state_dir is None:
         return None
     path = Path(os.path.expanduser(state_dir))
     if not path.is_absolute():
-        path = (base_dir or Path.cwd()) / path
+        path = project_dir / path
     if len(str(path)) > STATE_DIR_MAX or any(len(part.encode()) > 255 for part in path.parts):
         check.problem("state_dir", f"{state_dir!r} is too long (at most {STATE_DIR_MAX} characters, 255 per folder name); use a shorter path such as .calicolab")
         return None
     path = Path(os.path.abspath(path))
     resolved = path.resolve()
-    protected = {Path(path.anchor): "/", Path.home().resolve(): "your home folder", PROJECT_ROOT: "the calicolab checkout"}
+    protected = {Path(path.anchor): "/", Path.home().resolve(): "your home folder", project_dir.resolve(): "the calicolab checkout"}
     for place, label in protected.items():
         if resolved == place or resolved in place.parents:
             check.problem("state_dir", f"{state_dir!r} is {label if resolved == place else 'a folder that contains ' + label}; calicolab removes its state folder on teardown, so give a folder of its own such as .calicolab")
@@ -490,10 +588,18 @@ def _check_unknown_keys(check: _Checker, data: Mapping[str, Any], known: set[str
             check.problem(key, "unknown setting; every setting calicolab has is listed in group_data/all.py")
 
 
-def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
-    """Convert and validate ``data`` (group_data plus overrides); raise ``LabConfigError`` listing every problem."""
+def _check_project(check: _Checker, project_dir: Path) -> None:
+    """The project folder must be the checkout: the templates are read from it."""
+    if not (project_dir / TEMPLATES).is_dir() or not (project_dir / GROUP_DATA_ALL).is_file():
+        check.problem("project_dir", f"{project_dir} has no {TEMPLATES}/ and {GROUP_DATA_ALL}; run from the calicolab checkout")
+
+
+def _validate(data: Mapping[str, Any], project_dir: Path) -> dict[str, Any]:
+    """Every field of a ``Lab`` (converted settings, then derived values) from raw ``data``;
+    raise ``LabConfigError`` listing every problem."""
     check = _Checker(data)
     s: dict[str, Any] = {}
+    _check_project(check, project_dir)
 
     s["ubuntu_image"] = check.convert("ubuntu_image", _ubuntu_image, "a Multipass image alias such as 24.04, 22.04 or noble")
     s["multipass_bin"] = check.pattern("multipass_bin", re.compile(r"^[\w./+-]+$"), "a command name or path, e.g. multipass or /snap/bin/multipass")
@@ -517,9 +623,9 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     s["calico_apiserver"] = check.choice("calico_apiserver", ENABLED_DISABLED)
     # Empty: the release that matches the cluster (k3s' Kubernetes version, calico_version).
     s["kubectl_version"] = (check.pattern("kubectl_version", _SEMVER, "a Kubernetes release such as v1.35.4")
-                            if check.data.get("kubectl_version") else _kubernetes_version(s["k3s_version"]))
+                            if check.data.get("kubectl_version", MISSING) else _kubernetes_version(s["k3s_version"]))
     s["calicoctl_version"] = (check.pattern("calicoctl_version", _SEMVER, "a Calico release such as v3.32.1")
-                              if check.data.get("calicoctl_version") else s["calico_version"])
+                              if check.data.get("calicoctl_version", MISSING) else s["calico_version"])
     for key in ("k3s_install_url", "kubectl_url", "kubectl_sha256_url", "calicoctl_url", "calicoctl_sha256_url"):
         s[key] = check.convert(key, _download_url, "an https:// URL without spaces or quotes, using only the placeholders {version} and {arch}")
     s["bgp_as_number"] = check.integer("bgp_as_number", 1, 4294967294)
@@ -534,7 +640,7 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
             for name, image in images.items():
                 if not isinstance(image, str) or not _IMAGE_ANY.fullmatch(image):
                     check.problem(f"yaobank_images.{name}", f"{image!r} is not an image reference such as calico/yaobank-{name}:multiarch")
-            s["yaobank_images"] = dict(images)
+            s["yaobank_images"] = MappingProxyType(dict(images))
     for key in ("timeout_cloud_init", "timeout_k3s_ready", "timeout_operator_ready", "timeout_calico_available",
                 "timeout_nodes_ready", "timeout_rollout", "timeout_app_answer"):
         s[key] = check.integer(key, 1, 86400)
@@ -543,18 +649,36 @@ def load_lab(data: Mapping[str, Any], base_dir: Path | None = None) -> Lab:
     _check_versions(check, s)
     _check_tool_skew(check, s)
     vms = _check_vms(check)
-    for key in ("lab_ips", "mgmt_ips", "vm_cpus", "vm_memory", "vm_disk"):
-        s[key] = data.get(key)
     lab_network, mgmt_network = _check_networks(check, s, data)
-    _check_unknown_keys(check, data, _group_data_keys() | set(s))
 
     if check.problems:
         raise LabConfigError(check.problems)
+    for key in ("lab_ips", "mgmt_ips", "vm_cpus", "vm_memory", "vm_disk"):
+        s[key] = MappingProxyType(dict(data[key]))
 
-    state_path = _state_path(check, s["state_dir"], base_dir)
+    state_path = _state_path(check, s["state_dir"], project_dir)
     if check.problems:
         raise LabConfigError(check.problems)
-    return Lab(settings=s, vms=vms, state_path=state_path.resolve(), lab_network=lab_network, mgmt_network=mgmt_network)
+    return s | {"vms": MappingProxyType(vms), "state_path": state_path.resolve(),
+                "lab_network": lab_network, "mgmt_network": mgmt_network}
+
+
+def load_lab(data: Mapping[str, Any], project_dir: Path | None = None) -> Lab:
+    """The validated lab of ``data`` (group_data plus overrides); raise ``LabConfigError`` listing every problem.
+
+    ``project_dir`` is the checkout (default: the current folder).
+
+    Example: ``load_lab(load_defaults() | {"tcp_mss": 1200}).tcp_mss`` -> ``1200``
+    """
+    unknown = _Checker(data)
+    _check_unknown_keys(unknown, data, set(SETTINGS))
+    try:
+        lab = Lab(**{key: data.get(key, MISSING) for key in SETTINGS}, project_dir=project_dir or Path.cwd())
+    except LabConfigError as error:
+        raise LabConfigError(error.problems + unknown.problems) from None
+    if unknown.problems:
+        raise LabConfigError(unknown.problems)
+    return lab
 
 
 _LAB_CACHE: dict[int, tuple[dict, Lab]] = {}

@@ -1,4 +1,5 @@
-"""Rendering of every file the lab needs, from Jinja templates in ``templates/``.
+"""Rendering of every file the lab needs, from the Jinja templates in the checkout's ``templates/``
+(``lab.templates_dir``).
 
 Values reach the templates as data and are written with the ``q`` filter (a JSON scalar,
 which is valid YAML and can never break out of its field) or ``to_yaml`` for whole
@@ -30,7 +31,6 @@ from calicolab import constants
 from calicolab.kube.pools import pool_name
 from calicolab.model import Lab
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 MANIFESTS = ("tigera-operator", "apiserver", "installation", "yaobank")
 
 
@@ -47,10 +47,10 @@ def to_yaml(value: Any, indent: int = 0) -> str:
     return text.replace("\n", "\n" + " " * indent)
 
 
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+@lru_cache(maxsize=4)
+def _environment(templates_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -63,16 +63,13 @@ def _environment() -> jinja2.Environment:
     env.filters["suffix"] = lambda text, ending: f"{text}{ending}"
     env.filters["pool_name"] = pool_name
     # Static files of our own (scripts) embedded verbatim; they carry no values.
-    env.globals["lookup_file"] = lambda relative: (TEMPLATES_DIR / relative).read_text().rstrip("\n")
+    env.globals["lookup_file"] = lambda relative: (templates_dir / relative).read_text().rstrip("\n")
     return env
 
 
-def _render(template: str, **context: Any) -> str:
-    return _environment().get_template(template).render(**context)
-
-
-def _context(lab: Lab) -> dict[str, Any]:
-    return {"lab": lab, "vms": list(lab.vms.values()), "paths": constants}
+def _render(lab: Lab, template: str, **context: Any) -> str:
+    context = {"lab": lab, "vms": list(lab.vms.values()), "paths": constants, **context}
+    return _environment(lab.templates_dir).get_template(template).render(**context)
 
 
 def cluster_dns(lab: Lab) -> str:
@@ -85,7 +82,7 @@ def _cloud_init(lab: Lab, name: str, fingerprint: str | None) -> str:
     network = {
         "addresses": [f"{vm.lab_ip}/{lab.lab_prefix}", f"{vm.mgmt_ip}/{lab.mgmt_prefix}"],
     }
-    return _render("cloud-init/user-data.yaml.j2", vm=vm, network=network, fingerprint=fingerprint, **_context(lab))
+    return _render(lab, "cloud-init/user-data.yaml.j2", vm=vm, network=network, fingerprint=fingerprint)
 
 
 def cloud_init_fingerprint(lab: Lab, name: str) -> str:
@@ -108,27 +105,27 @@ def render_k3s_config(lab: Lab, name: str) -> str:
     """``/etc/rancher/k3s/config.yaml`` for the server (control) or an agent (node1, node2)."""
     vm = lab.vms[name]
     if vm.role == "server":
-        return _render("k3s/server-config.yaml.j2", vm=vm, cluster_dns=cluster_dns(lab), **_context(lab))
+        return _render(lab, "k3s/server-config.yaml.j2", vm=vm, cluster_dns=cluster_dns(lab))
     if vm.role == "agent":
-        return _render("k3s/agent-config.yaml.j2", vm=vm, **_context(lab))
+        return _render(lab, "k3s/agent-config.yaml.j2", vm=vm)
     raise ValueError(f"{name} is not part of the k3s cluster")
 
 
 def render_bird_conf(lab: Lab) -> str:
     """BIRD 2 configuration for host1: iBGP with the three cluster nodes, the course's import filter."""
-    return _render("bird/bird.conf.j2", **_context(lab))
+    return _render(lab, "bird/bird.conf.j2")
 
 
 def render_profile(lab: Lab) -> str:
     """host1's ``/etc/profile.d/calicolab.sh``: kubeconfig, calicoctl's datastore and alias."""
-    return _render("host1/profile.sh.j2", **_context(lab))
+    return _render(lab, "host1/profile.sh.j2")
 
 
 def render_manifest(lab: Lab, which: str) -> str:
     """A multi-document Kubernetes manifest: one of ``MANIFESTS``."""
     if which not in MANIFESTS:
         raise ValueError(f"unknown manifest {which!r}; choose one of {', '.join(MANIFESTS)}")
-    return _render(f"{'calico' if which != 'yaobank' else 'yaobank'}/{which}.yaml.j2", **_context(lab))
+    return _render(lab, f"{'calico' if which != 'yaobank' else 'yaobank'}/{which}.yaml.j2")
 
 
 def render_all(lab: Lab) -> dict[str, str]:

@@ -17,12 +17,12 @@ CACHE = PROJECT_ROOT / ".cache"
 
 @pytest.fixture
 def defaults():
-    return load_defaults()
+    return load_defaults(PROJECT_ROOT)
 
 
 @pytest.fixture
 def lab(defaults):
-    return load_lab(defaults)
+    return load_lab(defaults, PROJECT_ROOT)
 
 
 def _cloud_init_tree() -> Path:

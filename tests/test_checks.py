@@ -194,7 +194,7 @@ def test_a_bundle_is_private_and_scrubbed(lab):
 
 
 def test_collection_never_fails_as_a_whole_without_multipass(lab, tmp_path):
-    broken = replace(lab, settings=dict(lab.settings, multipass_bin=str(tmp_path / "no-such-multipass")))
+    broken = replace(lab, multipass_bin=str(tmp_path / "no-such-multipass"))
     report = checks.Report()
     report.add([checks.Row((10, 0, 0), "control: VM Running", False, "multipass list failed", "multipass version")])
     root = collect_bundle(broken, report, ["ERROR something failed on control"], reason="test")

@@ -18,16 +18,16 @@ PYINFRA = Path(sys.executable).parent / "pyinfra"
 pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(not PYINFRA.exists(), reason="pyinfra CLI missing")]
 
 DEPLOY = '''
-import dataclasses, os
+import os
+from pathlib import Path
 from calicolab.model import load_defaults, load_lab
 from calicolab.operations import kubernetes
 from calicolab.render import render_manifest
 
-base = load_lab(load_defaults())
-vms = dict(base.vms)
-vms["control"] = dataclasses.replace(vms["control"], mgmt_ip="127.0.0.1")
-lab = dataclasses.replace(base, vms=vms, state_path=__import__("pathlib").Path(os.environ["TEST_STATE"]),
-                          settings=dict(base.settings, k3s_api_port=int(os.environ["TEST_PORT"])))
+loopback = {"control": "127.0.0.1", "node1": "127.0.0.2", "node2": "127.0.0.3", "host1": "127.0.0.254"}
+checkout = Path(os.environ["PYTHONPATH"])  # pyinfra runs this file from its own folder
+lab = load_lab(load_defaults(checkout) | {"mgmt_ips": loopback, "state_dir": os.environ["TEST_STATE"],
+                                          "k3s_api_port": int(os.environ["TEST_PORT"])}, checkout)
 
 kubernetes.applied(name="YaoBank manifest", manifest="yaobank", manifest_yaml=render_manifest(lab, "yaobank"), lab=lab)
 kubernetes.rolled_out(name="YaoBank rolled out", namespace="yaobank", names=["customer", "summary", "database"],

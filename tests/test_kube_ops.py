@@ -4,7 +4,6 @@ kubeconfig in a temporary state folder)."""
 
 from __future__ import annotations
 
-import dataclasses
 import http.server
 import ipaddress
 import logging
@@ -77,15 +76,15 @@ def closed_port() -> int:
     return port
 
 
+#: Management addresses on the loopback: the API emulator listens there as control.
+LOOPBACK = {"control": "127.0.0.1", "node1": "127.0.0.2", "node2": "127.0.0.3", "host1": "127.0.0.254"}
+
+
 def make_lab(tmp_path, api_port, **settings):
-    base = load_lab(load_defaults())
-    vms = dict(base.vms)
-    vms["control"] = dataclasses.replace(vms["control"], mgmt_ip="127.0.0.1")
-    vms["host1"] = dataclasses.replace(vms["host1"], mgmt_ip="127.0.0.1")
-    merged = dict(base.settings, k3s_api_port=api_port, timeout_rollout=2, timeout_operator_ready=2,
-                  timeout_calico_available=2, timeout_nodes_ready=2, timeout_app_answer=2)
-    merged.update(settings)
-    return dataclasses.replace(base, settings=merged, vms=vms, state_path=tmp_path)
+    return load_lab(load_defaults() | {
+        "mgmt_ips": LOOPBACK, "state_dir": str(tmp_path), "k3s_api_port": api_port, "timeout_rollout": 2,
+        "timeout_operator_ready": 2, "timeout_calico_available": 2, "timeout_nodes_ready": 2, "timeout_app_answer": 2,
+    } | settings)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ manifests, against the API emulator with fake controllers (operator, deployment 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -121,7 +122,7 @@ def test_operator_progress_deadline(lab, emu, caplog):
 
 def test_yaobank_deployment_never_available_times_out(lab, emu, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
-    lab.settings["timeout_rollout"] = 1
+    lab = dataclasses.replace(lab, timeout_rollout=1)
     with FakeCluster(emu, calico_delay=0.1, deployment_modes={"yaobank/database": "never"}):
         run = Run()
         phases(run, lab)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from calicolab.model import PROJECT_ROOT as PROJECT, LabConfigError, load_lab
+from calicolab.model import SETTINGS, Lab, LabConfigError, load_defaults, load_lab
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 LAB_IPS = {"control": "198.19.0.1", "node1": "198.19.0.2", "node2": "198.19.0.3", "host1": "198.19.15.254"}
 MGMT_IPS = {"control": "10.255.255.1", "node1": "10.255.255.2", "node2": "10.255.255.3", "host1": "10.255.255.254"}
@@ -184,3 +188,55 @@ def test_a_state_dir_of_someone_elses_files_is_refused(defaults, tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(LabConfigError, match="is not a folder"):
         load_lab(defaults | {"state_dir": str(tmp_path / "a-file")})
+
+
+# --- the Lab: typed fields, validated when made, immutable ---------------------------------
+
+
+def test_every_setting_of_group_data_is_a_typed_field(defaults, lab):
+    assert set(SETTINGS) == set(defaults)
+    assert lab.k3s_api_port == 6443 and isinstance(lab.k3s_api_port, int)
+    assert str(lab.cluster_cidr) == "198.19.16.0/20" and lab.cluster_cidr.prefixlen == 20
+    with pytest.raises(AttributeError):
+        lab.no_such_setting  # noqa: B018 (no fallback: a typo is an error)
+
+
+def test_a_lab_cannot_be_changed(lab):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        lab.timeout_rollout = 1
+    with pytest.raises(TypeError):
+        lab.lab_ips["control"] = "198.19.0.9"
+    with pytest.raises(TypeError):
+        lab.yaobank_images["customer"] = "busybox"
+    with pytest.raises(TypeError):
+        lab.vms["control"] = lab.vms["node1"]
+    lab.settings["timeout_rollout"] = 1  # a copy
+    assert lab.timeout_rollout == 600
+
+
+def test_replace_validates_the_new_lab(lab, defaults):
+    changed = dataclasses.replace(lab, tcp_mss=1200, lab_ips=dict(lab.lab_ips, host1="198.19.15.200"))
+    assert changed == load_lab(defaults | {"tcp_mss": 1200, "lab_ips": dict(lab.lab_ips, host1="198.19.15.200")}, PROJECT)
+    assert changed.client.lab_ip == "198.19.15.200"  # derived again
+    with pytest.raises(LabConfigError) as raised:
+        dataclasses.replace(lab, tcp_mss=9000, calico_pool_encapsulation="GRE")
+    assert {p.split(":")[0] for p in raised.value.problems} == {"tcp_mss", "calico_pool_encapsulation"}
+    with pytest.raises(ValueError):
+        dataclasses.replace(lab, vms={})  # derived from lab_ips/mgmt_ips, not given
+
+
+def test_a_lab_made_by_hand_is_validated(lab):
+    given = {name: getattr(lab, name) for name in SETTINGS}
+    with pytest.raises(LabConfigError, match="calico_pool_nat_outgoing"):
+        Lab(**given | {"calico_pool_nat_outgoing": "Enabled\nipipMode: Always"}, project_dir=PROJECT)
+    with pytest.raises(TypeError):
+        Lab(tcp_mss=1300)  # every setting is needed
+
+
+def test_settings_are_read_from_the_project_folder(defaults, tmp_path):
+    with pytest.raises(LabConfigError, match="group_data/all.py: not found"):
+        load_defaults(tmp_path)
+    with pytest.raises(LabConfigError) as raised:
+        load_lab(defaults, tmp_path)
+    assert any(p.startswith("project_dir:") and "run from the calicolab checkout" in p for p in raised.value.problems)
+    assert load_lab(defaults, PROJECT).templates_dir == PROJECT / "templates"

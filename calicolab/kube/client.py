@@ -313,8 +313,8 @@ def candidate_urls(server: str, lab, extra_addresses: Iterable[str] = ()) -> lis
     can route to, comes first), then the kubeconfig's server, then control's management ip (all on the
     API port), without duplicates. The lab and management networks exist only between the VMs, so
     trying them first would send the workstation's packets to its default gateway and wait."""
-    port = int(getattr(lab, "k3s_api_port", 6443))
-    control = lab.vms["control"] if "control" in lab.vms else lab.server
+    port = lab.k3s_api_port
+    control = lab.server
     urls: list[str] = []
     for address in [*extra_addresses, server, control.mgmt_ip]:
         if address:

@@ -34,12 +34,7 @@ ROLES = ("server", "agent")
 
 def server_url(lab) -> str:
     """``https://<control lab ip>:<api port>``."""
-
-    url = getattr(lab, "api_url", None)
-    if url:
-        return url
-    port = getattr(lab, "k3s_api_port", 6443)
-    return f"https://{lab.vms['control'].lab_ip}:{port}"
+    return lab.api_url
 
 
 def install_command(version: str, role: str, install_url: str, server_url: str | None = None) -> str:
