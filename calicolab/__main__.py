@@ -1,7 +1,8 @@
 """Command line: ``python -m calicolab render OUT_DIR [--data key=value ...]``.
 
 Writes every file calicolab would put on the VMs or apply to the cluster into OUT_DIR, with
-the same settings (and ``--data`` overrides) as ``pyinfra inventory.py deploy.py``.
+the same settings (and ``--data`` overrides) as ``pyinfra inventory.py deploy.py``. Run it from the
+checkout: the settings (``group_data/``) and templates (``templates/``) are read from there.
 """
 
 from __future__ import annotations

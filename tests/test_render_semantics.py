@@ -267,3 +267,27 @@ def test_a_hostile_value_never_reaches_a_template(lab):
     hostile = 'Enabled"\n    evil: "yes'
     with pytest.raises(LabConfigError, match="calico_pool_nat_outgoing"):
         dataclasses.replace(lab, calico_pool_nat_outgoing=hostile)
+
+
+# --- installed like any package: the templates and settings come from the checkout ------------------
+
+
+@pytest.mark.timeout(300)
+def test_a_non_editable_install_renders_from_the_checkout(lab, tmp_path):
+    checkout = lab.project_dir
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(checkout)],
+                   check=True, capture_output=True, timeout=240)
+    # -P: the checkout's own calicolab/ folder stays off sys.path, so the installed copy runs
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    where = subprocess.run([sys.executable, "-P", "-c", "import calicolab; print(calicolab.__file__)"],
+                           cwd=checkout, env=env, capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(site))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-P", "-m", "calicolab", "render", str(out)],
+                            cwd=checkout, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert {str(path.relative_to(out)): path.read_text() for path in out.rglob("*") if path.is_file()} == render_all(lab)
+    elsewhere = subprocess.run([sys.executable, "-P", "-m", "calicolab", "render", str(tmp_path / "none")],
+                               cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert elsewhere.returncode == 2 and "run from the calicolab checkout" in elsewhere.stderr
