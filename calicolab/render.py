@@ -2,8 +2,10 @@
 (``lab.templates_dir``).
 
 Values reach the templates as data and are written with the ``q`` filter (a JSON scalar,
-which is valid YAML and can never break out of its field) or ``to_yaml`` for whole
-structures. Rendering is deterministic: the same lab gives the same bytes.
+which is valid YAML and can never break out of its field), ``to_yaml`` for whole structures,
+``shquote`` in shell, and ``bird`` in BIRD's configuration (which has no quoted form for addresses,
+prefixes, numbers and names: each value must parse as the kind the place needs, or rendering stops).
+Rendering is deterministic: the same lab gives the same bytes.
 
 Example:
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import shlex
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +44,30 @@ def quote(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+#: BIRD 2 symbol names (protocols, filters): a letter or underscore, then letters, digits, underscores.
+_BIRD_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def bird(value: Any, kind: str) -> str:
+    """A value as a BIRD 2 literal of ``kind`` (address, prefix, number, symbol); ValueError otherwise.
+
+    Example: ``bird("198.19.32.0/20", "prefix")`` -> ``"198.19.32.0/20"``; ``bird("a b", "symbol")`` raises.
+    """
+    text = str(value)
+    try:
+        if kind == "address":
+            return str(ipaddress.IPv4Address(text))
+        if kind == "prefix":
+            return str(ipaddress.IPv4Network(text))
+        if kind == "number" and not isinstance(value, bool) and 0 <= int(value) <= 2**32 - 1:
+            return str(int(value))
+    except (TypeError, ValueError):
+        pass
+    if kind == "symbol" and _BIRD_SYMBOL.fullmatch(text):
+        return text
+    raise ValueError(f"{value!r} is not a BIRD {kind}; it cannot be written into bird.conf")
+
+
 def to_yaml(value: Any, indent: int = 0) -> str:
     """A structure as block YAML, indented by ``indent`` spaces after the first line."""
     text = yaml.safe_dump(value, default_flow_style=False, sort_keys=False, width=4096).rstrip("\n")
@@ -60,6 +87,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     env.filters["q"] = quote
     env.filters["to_yaml"] = to_yaml
     env.filters["shquote"] = lambda value: shlex.quote(str(value))
+    env.filters["bird"] = bird
     env.filters["suffix"] = lambda text, ending: f"{text}{ending}"
     env.filters["pool_name"] = pool_name
     # Static files of our own (scripts) embedded verbatim; they carry no values.

@@ -14,6 +14,7 @@ import yaml
 from calicolab.constants import K3S_TOKEN_PATH, VM_NAMES
 from calicolab.model import LabConfigError, load_lab
 from calicolab.render import (
+    bird,
     cloud_init_fingerprint,
     quote,
     render_all,
@@ -291,3 +292,20 @@ def test_a_non_editable_install_renders_from_the_checkout(lab, tmp_path):
     elsewhere = subprocess.run([sys.executable, "-P", "-m", "calicolab", "render", str(tmp_path / "none")],
                                cwd=tmp_path, env=env, capture_output=True, text=True)
     assert elsewhere.returncode == 2 and "run from the calicolab checkout" in elsewhere.stderr
+
+
+@pytest.mark.parametrize("value, kind", [
+    ("198.19.0.1", "address"), ("198.19.32.0/20", "prefix"), (64512, "number"), ("node1", "symbol"),
+])
+def test_bird_writes_a_value_of_its_kind_as_is(value, kind):
+    assert bird(value, kind) == str(value)
+
+
+@pytest.mark.parametrize("value, kind", [
+    ("198.19.0.1; import all", "address"), ("198.19.32.0/20 ] then accept; [ 0.0.0.0/0", "prefix"),
+    ("198.19.32.1/20", "prefix"), ("64512;", "number"), (True, "number"), (2**32, "number"),
+    ("node 1", "symbol"), ("node1 {}", "symbol"), ("1node", "symbol"), ("198.19.0.1", "port"),
+])
+def test_bird_refuses_what_would_change_the_configuration(value, kind):
+    with pytest.raises(ValueError, match="not a BIRD"):
+        bird(value, kind)
