@@ -4,7 +4,7 @@ Everything here is side-effect free except :func:`run_process` and :func:`run_pa
 places that start local subprocesses (the connector, the facts' callers and the operations all go
 through them, so tests can patch one function).
 
-Shapes and messages follow Multipass 1.16 (lab-facts.md §11):
+Shapes and messages follow Multipass 1.16 (canonical/multipass ``tests/test_output_formatter.cpp``):
 
 * ``multipass list --format json`` -> ``{"list": [{"name", "state", "ipv4": [...], "release"}]}``;
   ``release`` is ``"20.04 LTS"`` before 1.11 and ``"Ubuntu 24.04 LTS"`` / ``"Not Available"`` since.
@@ -446,7 +446,7 @@ def clean_message(stdout: str | bytes = "", stderr: str | bytes = "") -> str:
 
 
 def classify_error(returncode: int | None, stdout: str | bytes = "", stderr: str | bytes = "") -> MultipassFailure:
-    """Classify a failed Multipass call by its message (exit codes are not reliable, lab-facts §11.6)."""
+    """Classify a failed Multipass call by its message (exit codes are not reliable: canonical/multipass ``client_common.cpp`` ``return_code_for``)."""
     message = clean_message(stdout, stderr)
     for kind, pattern in _ERROR_PATTERNS:
         if pattern.search(message):

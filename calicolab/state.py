@@ -52,7 +52,7 @@ MARKER_TEXT = (
 )
 
 # 24 random bytes = 48 hex characters. k3s accepts a short (password-style) token for the
-# first server; agents join with the same short token (lab-facts.md §6.4).
+# first server; agents join with the same short token (k3s-io/docs ``docs/cli/token.md``).
 TOKEN_BYTES = 24
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._:-]{16,}$")
 

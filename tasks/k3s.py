@@ -1,7 +1,7 @@
 """Phase 2: k3s on the lab VMs, and host1 ready to work with the cluster.
 
 Each function is called by the deploy on every host and picks its own hosts; the deploy puts a
-barrier between them (cross-host order, pyinfra-notes §1.4):
+barrier between them (pyinfra orders operations per host: ``State.get_op_order``):
 
 1. ``server(lab)``        control: join token, config, install, service, API ready;
 2. ``agents(lab)``        node1, node2: join token, config, install, service;

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch):
-    """Never probe a lab address from the machine's own namespace (test-environment §0)."""
+    """Never probe a lab address from the machine's own network namespace (only the test lab's namespaces carry lab traffic)."""
     real = kclient.tcp_answers
 
     def guarded(url, timeout=kclient.PROBE_TIMEOUT):

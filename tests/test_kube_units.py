@@ -15,7 +15,7 @@ from calicolab.kube.client import ApplyConflict, KubeApi, KubectlApi, NotFound
 from calicolab.kube.diff import normalise, unified_diff
 
 
-# --- rollout rule (lab-facts §15), one test per row ---------------------------------------------
+# --- rollout rule (kubectl rollout_status.go), one test per row ----------------------------------
 
 
 def deployment(generation=1, observed=1, replicas=2, updated=2, total=2, available=2, conditions=None, spec_replicas="unset"):

@@ -1,7 +1,7 @@
 """Facts about k3s and the lab's command-line tools inside the VMs.
 
 Every fact command exits 0 when the thing asked about is absent (absence is a normal answer,
-pyinfra-notes §5), and ``process`` raises only :class:`FactProcessError` on malformed output.
+a non-zero exit fails the host: pyinfra 3.10 ``pyinfra/api/facts.py``), and ``process`` raises only :class:`FactProcessError` on malformed output.
 Facts that read root-only files (``/etc/rancher/k3s/k3s.yaml``) need ``_sudo=True``: they inherit
 it from the operation that asks for them, or pass it to ``host.get_fact``.
 """

@@ -1,6 +1,6 @@
 """A lab of "VMs" built from Linux namespaces, driven like Multipass instances.
 
-Every VM is a network + mount + UTS + IPC + PID namespace set (test-environment.md §6.1):
+Every VM is a network + mount + UTS + IPC + PID namespace set (namespaces(7)):
 
 * its own network namespace ``<prefix>-<name>`` with ``eth0`` (a veth whose peer sits on the bridge ``br0`` inside
   the switch namespace ``<prefix>-sw``) carrying the simulated "Multipass DHCP" address 203.0.113.(10+i)/24;
@@ -32,7 +32,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-PROJECT_DIR = HERE.parents[2]  # /work/main
+PROJECT_DIR = HERE.parents[2]  # the checkout
 VM_FILES = HERE / "vm"
 
 DHCP_NET = "203.0.113"
