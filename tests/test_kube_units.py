@@ -13,6 +13,7 @@ from calicolab.kube import client as kclient
 from calicolab.kube import pools, waits
 from calicolab.kube.client import ApplyConflict, KubeApi, KubectlApi, NotFound
 from calicolab.kube.diff import normalise, unified_diff
+from calicolab.model import load_defaults, load_lab
 
 
 # --- rollout rule (kubectl rollout_status.go), one test per row ----------------------------------
@@ -562,13 +563,12 @@ def test_poller_logs_periodically_with_fake_clock(monkeypatch):
 # --- connection candidates -------------------------------------------------------------------
 
 
-def fake_lab(tmp_path, mgmt_ip="10.255.255.1", port=6443):
-    control = SimpleNamespace(name="control", role="server", lab_ip="198.19.0.1", mgmt_ip=mgmt_ip)
-    return SimpleNamespace(vms={"control": control}, server=control, k3s_api_port=port, state_path=tmp_path)
+def lab_in(tmp_path):
+    return load_lab(load_defaults() | {"state_dir": str(tmp_path)})
 
 
 def test_candidate_urls_order_and_dedup(tmp_path):
-    lab = fake_lab(tmp_path)
+    lab = lab_in(tmp_path)
     urls = kclient.candidate_urls("https://198.19.0.1:6443", lab, ["192.168.64.5", "10.255.255.1"])
     assert urls == ["https://192.168.64.5:6443", "https://10.255.255.1:6443", "https://198.19.0.1:6443"]
     # what Multipass lists for control: its DHCP address first, then the lab and management addresses
@@ -587,7 +587,7 @@ def test_kubeconfig_server_uses_current_context():
 
 def test_missing_kubeconfig_is_unreachable(tmp_path):
     with pytest.raises(kclient.ApiUnreachable, match="no kubeconfig"):
-        kclient.connect_direct(fake_lab(tmp_path))
+        kclient.connect_direct(lab_in(tmp_path))
 
 
 # --- fallback through the connector, canned output ------------------------------------------------
@@ -617,7 +617,7 @@ def test_fallback_check_rejects_phantom_host():
 def test_fallback_is_used_and_announced(tmp_path):
     host = CannedHost([("get --raw /readyz", True, "ok", "")])
     logs = []
-    api = kclient.connect(fake_lab(tmp_path), host=host, log=logs.append)
+    api = kclient.connect(lab_in(tmp_path), host=host, log=logs.append)
     assert isinstance(api, KubectlApi)
     assert "using `k3s kubectl` on control" in logs[0]
     assert host.calls[0][1]["_sudo"] is True and host.calls[0][1]["_timeout"]
@@ -684,4 +684,4 @@ def test_fallback_connector_error_is_unreachable_not_a_crash(tmp_path):
             raise OSError("multipass: instance control is not running")
 
     with pytest.raises(kclient.ApiUnreachable, match="instance control is not running"):
-        kclient.connect(fake_lab(tmp_path), host=BrokenHost([]))
+        kclient.connect(lab_in(tmp_path), host=BrokenHost([]))

@@ -611,7 +611,7 @@ def test_barrier_stops_the_run_once_a_host_failed(monkeypatch):
 # --- a run limited to VMs without the workstation ------------------------------------------------
 
 
-def test_a_limit_without_the_workstation_names_the_vms_that_nothing_would_start():
+def test_a_limit_without_the_workstation_names_the_vms_that_nothing_would_start(lab):
     from tasks.vms import require_workstation_for, vms_left_down
 
     inventory = Inventory(([("@local", {}), ("control", {}), ("node2", {}), ("host1", {})], {}))
@@ -619,7 +619,6 @@ def test_a_limit_without_the_workstation_names_the_vms_that_nothing_would_start(
     hosts = {h.name: h for h in inventory}
     hosts["control"].connector_data["multipass_state"] = mp.RUNNING
     hosts["node2"].connector_data["multipass_state"] = mp.STOPPED
-    lab = types.SimpleNamespace(vms={"control": None, "node1": None, "node2": None, "host1": None})
 
     state.limit_hosts = [hosts["node2"], hosts["control"], hosts["host1"]]  # --limit without @local
     assert vms_left_down(lab, state) == ["node2 is Stopped", "host1 is not created yet"]
