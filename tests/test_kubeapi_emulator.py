@@ -220,6 +220,38 @@ def test_server_side_apply_create_idempotent_dryrun_conflicts(emu, dyn):
 
 
 
+@pytest.mark.parametrize("manager, change", [
+    ("kubectl-edit", lambda emu: _raw(emu, "PATCH", "/apis/apps/v1/namespaces/default/deployments/web"
+                                      "?fieldManager=kubectl-edit", {"spec": {"replicas": 3}},
+                                      "application/merge-patch+json")),
+    ("kubectl", lambda emu: _raw(emu, "PATCH", "/apis/apps/v1/namespaces/default/deployments/web/scale"
+                                 "?fieldManager=kubectl", {"spec": {"replicas": 3}},
+                                 "application/merge-patch+json")),
+])
+def test_server_side_apply_conflicts_with_update_managers_by_default(emu, dyn, manager, change):
+    """Like a real API server: a field another manager changed by a plain update (``kubectl edit``,
+    ``kubectl scale``) is a 409 for an apply that sets another value; ``force`` takes it over."""
+    deployments = dyn.resources.get(api_version="apps/v1", kind="Deployment")
+    applied = dict(DEPLOY, metadata=dict(DEPLOY["metadata"], namespace="default"))
+    deployments.server_side_apply(body=applied, field_manager="calicolab")
+    code, _ = change(emu)
+    assert code == 200
+    with pytest.raises(ConflictError) as e:
+        deployments.server_side_apply(body=applied, field_manager="calicolab")
+    body = json.loads(e.value.body)
+    assert f'conflict with "{manager}"' in body["message"] and ".spec.replicas" in body["message"]
+    assert [c["field"] for c in body["details"]["causes"]] == [".spec.replicas"]
+    assert emu.store.get("apps/v1", "Deployment", "web", "default")["spec"]["replicas"] == 3
+    same = dict(applied, spec=dict(applied["spec"], replicas=3))   # the same value is shared, no conflict
+    assert deployments.server_side_apply(body=same, field_manager="calicolab").spec.replicas == 3
+    forced = deployments.server_side_apply(body=applied, field_manager="calicolab", force_conflicts=True).to_dict()
+    assert forced["spec"]["replicas"] == 2
+    owners = {m["manager"]: m["fieldsV1"] for m in forced["metadata"]["managedFields"]}
+    assert "f:replicas" in owners["calicolab"]["f:spec"]
+    assert "f:replicas" not in (owners.get(manager) or {}).get("f:spec", {})
+
+
+
 def test_server_side_apply_drops_list_items_whose_key_changed(emu, dyn):
     """Renaming the keyed item of a list removes the old item whole (its key field and all), however the
     removed paths happen to be ordered."""
