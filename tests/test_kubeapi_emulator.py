@@ -573,7 +573,8 @@ def test_fake_cluster_pod_faults_from_a_switches_file(request, emu, tmp_path):
     scheduled = next(c for c in pending[0]["status"]["conditions"] if c["type"] == "PodScheduled")
     assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
     assert scheduled["message"].startswith("0/2 nodes are available")
-    events = emu.store.list("v1", "Event", "default", field_selector=f"involvedObject.name={pending[0]['metadata']['name']}")
+    events = _wait_for(lambda: emu.store.list(  # the controller records the event just after the pod
+        "v1", "Event", "default", field_selector=f"involvedObject.name={pending[0]['metadata']['name']}"))
     assert [e["reason"] for e in events] == ["FailedScheduling"]
 
     switches.write_text(json.dumps({"deployment_modes": {}}))
