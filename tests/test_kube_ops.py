@@ -30,6 +30,7 @@ from calicolab.kube import waits
 from calicolab.model import load_defaults, load_lab
 from calicolab.operations import kubernetes
 from tests.support.kubeapi import Emulator
+from tests.support.kubeapi.controllers import FakeCluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -525,6 +526,68 @@ def test_wait_ops_with_api_down_over_report_and_fail(down_lab, caplog):
             "API not reachable") in caplog.text
 
 
+# --- one connection per run ------------------------------------------------------------------------
+
+
+def test_a_run_connects_once_for_all_its_operations_in_planning_and_execution(lab, emu, clean_app, monkeypatch):
+    probes = []  # TCP probes of API addresses: one per connection made
+    guarded = kclient.tcp_answers
+    monkeypatch.setattr(kclient, "tcp_answers", lambda url, timeout=kclient.PROBE_TIMEOUT: probes.append(url) or guarded(url))
+    with FakeCluster(emu, nodes=[("control", "198.19.0.1")], nodes_ready="always", interval=0.02):
+        run = Run()
+        metas = [
+            run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank"),
+            run.add(kubernetes.rolled_out, namespace="yaobank", names=["customer"], lab=lab, timeout=10),
+            run.add(kubernetes.nodes_ready, names=["control"], lab=lab),
+            run.add(kubernetes.applied, manifest_yaml=app(replicas=2), lab=lab, manifest="yaobank again"),
+        ]
+        run.execute()
+    assert all(ok(meta) for meta in metas)
+    assert probes == [f"https://127.0.0.1:{emu.port}"]
+
+
+def test_an_api_down_in_planning_is_connected_to_in_execution(tmp_path, emu, clean_app):
+    """Planning finds no kubeconfig yet (a lab from nothing); execution, after it appeared, connects."""
+    lab = make_lab(tmp_path, emu.port)
+    run = Run()
+    meta = run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank")
+    assert meta.will_change
+    emu.write_kubeconfig(tmp_path / "kubeconfig.yaml")  # what the k3s phase does before this op runs
+    run.execute()
+    assert ok(meta) and emu.store.get("apps/v1", "Deployment", "customer", "yaobank") is not None
+
+
+# --- watching: a change ends the pause -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api_version, kind, namespace, change", [
+    ("apps/v1", "Deployment", "yaobank",
+     lambda emu: emu.store.patch_status("apps/v1", "Deployment", "customer", ROLLED, "yaobank")),
+    ("v1", "Node", None, lambda emu: put_node(emu, "node9", True)),
+    ("operator.tigera.io/v1", "TigeraStatus", None, lambda emu: set_tigerastatus(emu, [])),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition", None,
+     lambda emu: emu.store.put(yaml.safe_load(crd("Gizmo", "gizmos")))),
+])
+def test_a_watched_change_ends_the_pause(lab, emu, clean_app, api_version, kind, namespace, change):
+    """wait_for_change says whether it saw a change (True) or ran out of time (False): after a change
+    since the listed version it returns True, so the next probe runs at once instead of after the pause."""
+    ensure_crds(emu)
+    run = Run()
+    run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank")
+    run.execute()
+    api = kclient.connect(lab)
+    try:
+        _, version = api.snapshot(api_version, kind, namespace)
+        assert version
+        assert api.wait_for_change(api_version, kind, namespace, version, 0.2) is False  # nothing changed
+        change(emu)
+        assert api.wait_for_change(api_version, kind, namespace, version, 30) is True
+    finally:
+        api.close()
+        reset(emu, ("v1", "Node", "node9", None),
+              ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "gizmos.operator.tigera.io", None))
+
+
 # --- TLS name when the address is not the kubeconfig's -------------------------------------------
 
 
@@ -681,6 +744,7 @@ def test_ops_fall_back_to_k3s_kubectl_through_the_connector(tmp_path, emu, clean
     run.execute()
     assert ok(meta), caplog.text
     assert "apply yaobank manifest: 3 created, 0 configured, 0 unchanged" in caplog.text
+    assert caplog.text.count("using `k3s kubectl` on @local") == 1  # chosen once, said once, in plan and run
     assert emu.store.get("apps/v1", "Deployment", "customer", "yaobank")["metadata"]["managedFields"][0]["manager"] == "calicolab"
 
     emu.store.patch_status("apps/v1", "Deployment", "customer", dict(ROLLED, observedGeneration=1), "yaobank")
