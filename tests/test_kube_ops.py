@@ -29,6 +29,7 @@ from calicolab.kube import waits
 from calicolab.model import load_defaults, load_lab
 from calicolab.operations import kubernetes
 from tests.support.kubeapi import Emulator
+from tests.support.kubeapi.controllers import FakeCluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,17 +49,6 @@ def loopback_only(monkeypatch):
         return real(url, timeout=0.5)
 
     monkeypatch.setattr(kclient, "tcp_answers", guarded)
-
-
-@pytest.fixture(autouse=True)
-def fresh_probe_cache(monkeypatch):
-    monkeypatch.setattr(kclient, "_no_answer", {})
-
-
-@pytest.fixture(autouse=True)
-def fast_polls(monkeypatch):
-    monkeypatch.setattr(waits, "POLL_INITIAL", 0.05)
-    monkeypatch.setattr(waits, "POLL_MAX", 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -221,21 +211,19 @@ def test_prepare_shows_diff_and_writes_nothing(lab, emu, clean_app, caplog):
     assert emu.store.get("apps/v1", "Deployment", "customer", "yaobank") is None
 
 
-def test_apply_in_order_then_no_change_then_diff_of_an_edit(lab, emu, clean_app, caplog, monkeypatch):
+def test_apply_in_order_then_no_change_then_diff_of_an_edit(lab, emu, clean_app, caplog):
     caplog.set_level(logging.INFO)
-    order = []
-    real_apply = kclient.DirectApi.apply
-
-    def spy(self, obj, dry_run=False):
-        if not dry_run:
-            order.append(obj["kind"])
-        return real_apply(self, obj, dry_run)
-
-    monkeypatch.setattr(kclient.DirectApi, "apply", spy)
+    order = []  # the order the API server saw the objects created in
+    stop = emu.add_watcher(lambda event, obj: order.append(obj["kind"]) if event == "ADDED" and obj["kind"] in (
+        "Namespace", "ServiceAccount", "Deployment") else None)
     run = Run(diff=True)
     meta = run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank")
     run.execute()
     assert ok(meta) and meta.did_change()
+    deadline = time.monotonic() + 5
+    while len(order) < 3 and time.monotonic() < deadline:  # watchers run on their own thread
+        time.sleep(0.01)
+    stop()
     assert order == ["Namespace", "ServiceAccount", "Deployment"]
     assert emu.store.get("apps/v1", "Deployment", "customer", "yaobank")["spec"]["replicas"] == 1
     assert caplog.text.count("--- live namespace/yaobank") == 1  # printed once per run
@@ -272,25 +260,54 @@ def test_crd_and_custom_object_in_one_manifest(lab, emu, caplog):
     assert emu.store.get("operator.tigera.io/v1", "Widget", "w1") is not None
 
 
-def test_conflict_is_reported_not_forced(lab, emu, clean_app, caplog):
+def kubectl_edit(emu, api_version, kind, name, namespace, patch, manager="kubectl-edit"):
+    """What ``kubectl edit`` (or ``kubectl scale``: manager ``kubectl``) does: a plain update that makes
+    ``manager`` the owner of the fields it changed."""
+    emu.store.patch(emu.store.res(api_version, kind), namespace, name, patch, "merge", manager=manager)
+
+
+@pytest.mark.parametrize("manager", ["kubectl-edit", "kubectl-client-side-apply", "kubectl"])
+def test_a_field_changed_by_a_person_is_a_conflict_named_and_kept(lab, emu, clean_app, caplog, manager):
     caplog.set_level(logging.INFO)
-    Run().add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank")
     run = Run()
     run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank")
     run.execute()
-    res = emu.store.res("apps/v1", "Deployment")
-    emu.store.patch(res, "yaobank", "customer", yaml.safe_load(app(replicas=5).split("---")[0]), "apply", manager="kubectl", force=True)
+    kubectl_edit(emu, "apps/v1", "Deployment", "customer", "yaobank", {"spec": {"replicas": 5}}, manager)
     caplog.clear()
     run = Run()
     meta = run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank")
     assert meta.will_change
-    assert 'conflict with "kubectl"' in caplog.text
+    assert f'conflict with "{manager}"' in caplog.text  # said in the plan already
     run.execute()
     assert not ok(meta)
     assert "apply yaobank manifest (deployment.apps/customer -n yaobank) failed on @local" in caplog.text
     assert "Apply failed with 1 conflict" in caplog.text and ".spec.replicas" in caplog.text
-    assert "does not force" in caplog.text
+    assert "--force-conflicts" in caplog.text  # the way to keep calicolab's value
     assert emu.store.get("apps/v1", "Deployment", "customer", "yaobank")["spec"]["replicas"] == 5
+
+
+def test_the_operators_defaults_in_the_installation_are_taken_over(lab, emu, caplog):
+    """The tigera-operator writes defaults back into the Installation (an update by "operator"): a changed
+    setting in a field it wrote is applied anyway (forced), and calicolab owns the field again."""
+    ensure_crds(emu)
+    reset(emu, ("operator.tigera.io/v1", "Installation", "default", None))
+    installation = ("apiVersion: operator.tigera.io/v1\nkind: Installation\nmetadata: {name: default}\n"
+                    "spec: {calicoNetwork: {bgp: %s}}\n")
+    run = Run()
+    run.add(kubernetes.applied, manifest_yaml=installation % "Enabled", lab=lab, manifest="installation")
+    run.execute()
+    kubectl_edit(emu, "operator.tigera.io/v1", "Installation", "default", None,
+                 {"spec": {"calicoNetwork": {"bgp": "Disabled"}, "variant": "Calico"}}, manager="operator")
+    run = Run()
+    meta = run.add(kubernetes.applied, manifest_yaml=installation % "Enabled", lab=lab, manifest="installation")
+    assert meta.will_change
+    run.execute()
+    assert ok(meta) and meta.did_change()
+    live = emu.store.get("operator.tigera.io/v1", "Installation", "default")
+    assert live["spec"] == {"calicoNetwork": {"bgp": "Enabled"}, "variant": "Calico"}  # the default stays
+    owners = {m["manager"]: m["fieldsV1"] for m in live["metadata"]["managedFields"]}
+    assert "f:bgp" in owners["calicolab"]["f:spec"]["f:calicoNetwork"]
+    assert "f:calicoNetwork" not in owners["operator"]["f:spec"]
 
 
 def test_api_down_over_reports_then_fails_cleanly(down_lab, caplog):
@@ -503,8 +520,71 @@ def test_wait_ops_with_api_down_over_report_and_fail(down_lab, caplog):
     assert meta.will_change
     assert "API not reachable: will wait for nodes control, node1, node2 Ready" in caplog.text
     run.execute()
-    assert not ok(meta)
-    assert "nodes control, node1, node2 Ready failed on @local: API not reachable" in caplog.text
+    assert not ok(meta)  # retried until the timeout: an API that does not answer may be restarting
+    assert ("nodes control, node1, node2 Ready failed on @local: timed out waiting for the condition after 2s: "
+            "API not reachable") in caplog.text
+
+
+# --- one connection per run ------------------------------------------------------------------------
+
+
+def test_a_run_connects_once_for_all_its_operations_in_planning_and_execution(lab, emu, clean_app, monkeypatch):
+    probes = []  # TCP probes of API addresses: one per connection made
+    guarded = kclient.tcp_answers
+    monkeypatch.setattr(kclient, "tcp_answers", lambda url, timeout=kclient.PROBE_TIMEOUT: probes.append(url) or guarded(url))
+    with FakeCluster(emu, nodes=[("control", "198.19.0.1")], nodes_ready="always", interval=0.02):
+        run = Run()
+        metas = [
+            run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank"),
+            run.add(kubernetes.rolled_out, namespace="yaobank", names=["customer"], lab=lab, timeout=10),
+            run.add(kubernetes.nodes_ready, names=["control"], lab=lab),
+            run.add(kubernetes.applied, manifest_yaml=app(replicas=2), lab=lab, manifest="yaobank again"),
+        ]
+        run.execute()
+    assert all(ok(meta) for meta in metas)
+    assert probes == [f"https://127.0.0.1:{emu.port}"]
+
+
+def test_an_api_down_in_planning_is_connected_to_in_execution(tmp_path, emu, clean_app):
+    """Planning finds no kubeconfig yet (a lab from nothing); execution, after it appeared, connects."""
+    lab = make_lab(tmp_path, emu.port)
+    run = Run()
+    meta = run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank")
+    assert meta.will_change
+    emu.write_kubeconfig(tmp_path / "kubeconfig.yaml")  # what the k3s phase does before this op runs
+    run.execute()
+    assert ok(meta) and emu.store.get("apps/v1", "Deployment", "customer", "yaobank") is not None
+
+
+# --- watching: a change ends the pause -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api_version, kind, namespace, change", [
+    ("apps/v1", "Deployment", "yaobank",
+     lambda emu: emu.store.patch_status("apps/v1", "Deployment", "customer", ROLLED, "yaobank")),
+    ("v1", "Node", None, lambda emu: put_node(emu, "node9", True)),
+    ("operator.tigera.io/v1", "TigeraStatus", None, lambda emu: set_tigerastatus(emu, [])),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition", None,
+     lambda emu: emu.store.put(yaml.safe_load(crd("Gizmo", "gizmos")))),
+])
+def test_a_watched_change_ends_the_pause(lab, emu, clean_app, api_version, kind, namespace, change):
+    """wait_for_change says whether it saw a change (True) or ran out of time (False): after a change
+    since the listed version it returns True, so the next probe runs at once instead of after the pause."""
+    ensure_crds(emu)
+    run = Run()
+    run.add(kubernetes.applied, manifest_yaml=app(), lab=lab, manifest="yaobank")
+    run.execute()
+    api = kclient.connect(lab)
+    try:
+        _, version = api.snapshot(api_version, kind, namespace)
+        assert version
+        assert api.wait_for_change(api_version, kind, namespace, version, 0.2) is False  # nothing changed
+        change(emu)
+        assert api.wait_for_change(api_version, kind, namespace, version, 30) is True
+    finally:
+        api.close()
+        reset(emu, ("v1", "Node", "node9", None),
+              ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "gizmos.operator.tigera.io", None))
 
 
 # --- TLS name when the address is not the kubeconfig's -------------------------------------------
@@ -523,7 +603,7 @@ def test_tls_is_verified(tmp_path):
     """Same emulator, certificate without the address or the name kubernetes: refused."""
     with Emulator(san_ips=[], san_dns=["elsewhere"]) as emulator:
         emulator.write_kubeconfig(tmp_path / "kubeconfig.yaml", server=f"https://localhost:{closed_port()}")
-        with pytest.raises(kclient.ApiUnreachable, match="discovery failed"):
+        with pytest.raises(kclient.ApiUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
             kclient.connect(make_lab(tmp_path, emulator.port))
 
 
@@ -554,7 +634,7 @@ KUBECTL = Path(__import__("sys").executable).with_name("kubectl")
 
 @pytest.mark.kubectl
 @pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl not installed")
-def test_fallback_plan_apply_get_and_diff_with_real_kubectl(tmp_path, emu, clean_app, monkeypatch):
+def test_fallback_plan_apply_and_get_with_real_kubectl(tmp_path, emu, clean_app, monkeypatch):
     monkeypatch.setenv("PATH", f"{KUBECTL.parent}:" + __import__("os").environ["PATH"])
     kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig.yaml")
     api = kclient.KubectlApi(KubectlHost(kubeconfig))
@@ -568,8 +648,6 @@ def test_fallback_plan_apply_get_and_diff_with_real_kubectl(tmp_path, emu, clean
     assert [p.action for p in plans] == ["unchanged", "unchanged", "update"]
     assert "+  replicas: 3" in plans[2].diff
     assert api.get("apps/v1", "Deployment", "customer", "yaobank")["spec"]["replicas"] == 1
-    differs, text = api.diff(app(replicas=3))
-    assert differs and "replicas: 3" in text
 
 
 # --- HTTP answer check (curl from the host, here @local against 127.0.0.1) --------------------------
@@ -665,6 +743,7 @@ def test_ops_fall_back_to_k3s_kubectl_through_the_connector(tmp_path, emu, clean
     run.execute()
     assert ok(meta), caplog.text
     assert "apply yaobank manifest: 3 created, 0 configured, 0 unchanged" in caplog.text
+    assert caplog.text.count("using `k3s kubectl` on @local") == 1  # chosen once, said once, in plan and run
     assert emu.store.get("apps/v1", "Deployment", "customer", "yaobank")["metadata"]["managedFields"][0]["manager"] == "calicolab"
 
     emu.store.patch_status("apps/v1", "Deployment", "customer", dict(ROLLED, observedGeneration=1), "yaobank")

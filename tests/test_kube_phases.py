@@ -15,7 +15,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_host, ctx_state
 from tests.support.kubeapi import Emulator
 from tests.support.kubeapi.controllers import FakeCluster
-from tests.test_kube_ops import Run, fast_polls, fresh_probe_cache, loopback_only, make_lab  # noqa: F401 (fixtures)
+from tests.test_kube_ops import Run, loopback_only, make_lab  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -327,6 +327,7 @@ class MemoryApi(KubeApi):
         self.conflicts = set(conflicts)
         self.applied = []
         self.lists = {}
+        self.snapshots = 0
         for obj in objects:
             self.store[self.key(obj)] = json.loads(json.dumps(obj))
 
@@ -335,15 +336,16 @@ class MemoryApi(KubeApi):
         meta = obj["metadata"]
         return (obj["kind"], meta["name"], meta.get("namespace"))
 
-    def get(self, api_version, kind, name, namespace=None):
+    def get(self, api_version, kind, name, namespace=None, timeout=None):
         return self.store.get((kind, name, namespace))
 
-    def list(self, api_version, kind, namespace=None, label_selector=None):
+    def snapshot(self, api_version, kind, namespace=None, label_selector=None, timeout=None):
+        self.snapshots += 1
         if kind in self.lists:
-            return self.lists[kind]
-        return [o for (k, _, ns), o in self.store.items() if k == kind and (namespace is None or ns == namespace)]
+            return self.lists[kind], None
+        return [o for (k, _, ns), o in self.store.items() if k == kind and (namespace is None or ns == namespace)], None
 
-    def apply(self, obj, dry_run=False):
+    def apply(self, obj, dry_run=False, timeout=None):
         if obj["kind"] in self.missing_kinds:
             raise NotFound(f"the API does not serve kind {obj['kind']}")
         if obj["metadata"]["name"] in self.conflicts:
@@ -371,7 +373,7 @@ def test_plan_create_update_unchanged_conflict_and_missing_kind():
     assert by_ref["namespace/ns1"].action == "unchanged"
     assert by_ref["deployment.apps/tigera-operator -n tigera-operator"].action == "update"
     assert by_ref["configmap/blocked -n ns1"].action == "conflict"
-    assert "does not force" in by_ref["configmap/blocked -n ns1"].note
+    assert "does not take them over" in by_ref["configmap/blocked -n ns1"].note
     assert by_ref["installation.operator.tigera.io/default"].action == "create"
     assert by_ref["configmap/new -n ns1"].action == "create"
     assert api.applied == []  # planning never writes
@@ -392,13 +394,7 @@ def test_apply_objects_reports_and_stops_at_first_failure():
 # --- waits with the in-memory API -------------------------------------------------------------
 
 
-@pytest.fixture
-def fast_polls(monkeypatch):
-    monkeypatch.setattr(waits, "POLL_INITIAL", 0.01)
-    monkeypatch.setattr(waits, "POLL_MAX", 0.02)
-
-
-def test_wait_rollouts_failure_names_deployment_and_events(fast_polls):
+def test_wait_rollouts_failure_names_deployment_and_events():
     pde = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"summary-1\" has timed out progressing."}]
     api = MemoryApi([dict(deployment(updated=0, available=0, conditions=pde), apiVersion="apps/v1", kind="Deployment")])
     api.store = {("Deployment", "summary", "yaobank"): api.store.pop(next(iter(api.store)))}
@@ -459,7 +455,7 @@ def test_pod_next_steps_use_the_given_kubectl_and_name_the_image_setting():
     ]
 
 
-def test_wait_rollouts_failure_lists_each_pods_reason_its_warnings_and_the_next_commands(fast_polls):
+def test_wait_rollouts_failure_lists_each_pods_reason_its_warnings_and_the_next_commands():
     dep = dict(deployment(updated=1, total=1, available=0, replicas=1), apiVersion="apps/v1", kind="Deployment")
     dep["metadata"] = {"name": "customer", "namespace": "yaobank", "generation": 1}
     dep["spec"]["selector"] = {"matchLabels": {"app": "customer"}}
@@ -486,7 +482,7 @@ def test_wait_rollouts_failure_lists_each_pods_reason_its_warnings_and_the_next_
     assert "(setting yaobank_images)" in steps[0]
 
 
-def test_wait_rollouts_without_pods_points_at_the_deployment(fast_polls):
+def test_wait_rollouts_without_pods_points_at_the_deployment():
     dep = dict(deployment(available=0), apiVersion="apps/v1", kind="Deployment")
     dep["metadata"] = {"name": "summary", "namespace": "yaobank", "generation": 1}
     with pytest.raises(waits.WaitFailed) as info:
@@ -494,7 +490,7 @@ def test_wait_rollouts_without_pods_points_at_the_deployment(fast_polls):
     assert str(info.value).endswith("\nNext: `k -n yaobank describe deployment summary`")
 
 
-def test_wait_rollouts_timeout(fast_polls):
+def test_wait_rollouts_timeout():
     api = MemoryApi()
     logs = []
     with pytest.raises(waits.WaitFailed, match=r'timed out waiting for the condition after 0.1s: deployment "customer" not found'):
@@ -502,7 +498,7 @@ def test_wait_rollouts_timeout(fast_polls):
     assert logs and "waiting for deployment(s) customer -n yaobank" in logs[0]
 
 
-def test_wait_tigerastatus_degraded_after_grace(fast_polls):
+def test_wait_tigerastatus_degraded_after_grace():
     ts = {
         "apiVersion": "operator.tigera.io/v1",
         "kind": "TigeraStatus",
@@ -520,7 +516,7 @@ def test_wait_tigerastatus_degraded_after_grace(fast_polls):
         "`k -n tigera-operator logs deployment/tigera-operator --tail=50`"]
 
 
-def test_wait_tigerastatus_available_and_timeout(fast_polls):
+def test_wait_tigerastatus_available_and_timeout():
     ts = {"apiVersion": "operator.tigera.io/v1", "kind": "TigeraStatus", "metadata": {"name": "calico"},
           "status": {"conditions": [{"type": "Available", "status": "True"}]}}
     assert waits.wait_tigerastatus(MemoryApi([ts]), "calico", timeout=1) == "tigerastatus/calico Available"
@@ -548,16 +544,26 @@ def test_crd_established():
     assert "does not exist yet" in waits.crd_established(None, "x").message
 
 
-def test_poller_logs_periodically_with_fake_clock(monkeypatch):
-    now = [0.0]
-    monkeypatch.setattr(waits, "PROGRESS_EVERY", 30.0)
-    logs = []
-    poller = waits.Poller("thing", 100, logs.append, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
-    check = poller.run(lambda: waits.Check(False, "same"))
-    assert not check.done and not check.failed
-    # first line, then one every >= 30 s of a 100 s wait
-    assert 3 <= len(logs) <= 5
-    assert logs[0] == "waiting for thing (0s of 100s): same"
+def test_an_unreachable_api_is_retried_and_a_bug_ends_the_wait_at_once():
+    ready = dict(deployment(), apiVersion="apps/v1", kind="Deployment")
+    ready["metadata"] = {"name": "summary", "namespace": "yaobank", "generation": 1}
+
+    class Restarting(MemoryApi):
+        def snapshot(self, *args, **kwargs):
+            if self.snapshots < 2:
+                self.snapshots += 1
+                raise kclient.ApiUnreachable("connection refused")
+            return super().snapshot(*args, **kwargs)
+
+    api = Restarting([ready])
+    assert waits.wait_rollouts(api, "yaobank", ["summary"], timeout=60) == ['deployment "summary" successfully rolled out']
+    assert api.snapshots == 3  # two refused, one answered
+
+    broken = dict(ready, status=dict(ready["status"], updatedReplicas="two"))  # a plain bug (TypeError) must not become a 60 s timeout
+    api = MemoryApi([broken])
+    with pytest.raises(TypeError):
+        waits.wait_rollouts(api, "yaobank", ["summary"], timeout=60)
+    assert api.snapshots == 1
 
 
 # --- connection candidates -------------------------------------------------------------------
@@ -614,13 +620,57 @@ def test_fallback_check_rejects_phantom_host():
         KubectlApi(CannedHost([])).check()
 
 
-def test_fallback_is_used_and_announced(tmp_path):
-    host = CannedHost([("get --raw /readyz", True, "ok", "")])
+def test_fallback_is_used_and_announced_once(tmp_path):
+    host = CannedHost([("get --raw /readyz", True, "ok", ""), ("get Node", True, '{"items": []}', "")])
     logs = []
-    api = kclient.connect(lab_in(tmp_path), host=host, log=logs.append)
-    assert isinstance(api, KubectlApi)
-    assert "using `k3s kubectl` on control" in logs[0]
+    session = kclient.Session(lambda: kclient.connect(lab_in(tmp_path), host=host), log=logs.append)
+    assert session.list("v1", "Node") == [] and session.list("v1", "Node") == []
+    assert isinstance(session.current(), KubectlApi)
+    assert len(logs) == 1 and "no kubeconfig" in logs[0] and "using `k3s kubectl` on control" in logs[0]
+    assert [c[0] for c in host.calls].count("k3s kubectl --request-timeout=120s get --raw /readyz") == 1
     assert host.calls[0][1]["_sudo"] is True and host.calls[0][1]["_timeout"]
+
+
+class CountingConnect:
+    """Stands in for ``connect``: counts connections, fails while ``down``."""
+
+    def __init__(self, api):
+        self.api, self.down, self.count = api, False, 0
+
+    def __call__(self):
+        self.count += 1
+        if self.down:
+            raise kclient.ApiUnreachable("no answer")
+        return self.api
+
+
+def test_session_connects_once_and_again_only_after_the_api_went_away():
+    now = [0.0]
+    api = MemoryApi([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "control"}}])
+    connect = CountingConnect(api)
+    session = kclient.Session(connect, clock=lambda: now[0])
+    for _ in range(5):
+        assert session.get("v1", "Node", "control")
+    assert connect.count == 1
+
+    def gone(*args, **kwargs):
+        raise kclient.ApiUnreachable("connection refused")
+
+    api.get = gone  # the API server restarts
+    connect.down = True
+    with pytest.raises(kclient.ApiUnreachable, match="connection refused"):
+        session.get("v1", "Node", "control")
+    for _ in range(3):  # within RECONNECT_AFTER: the failure is remembered, not retried per request
+        with pytest.raises(kclient.ApiUnreachable, match="no answer"):
+            session.list("v1", "Node")
+    assert connect.count == 2
+    now[0] += kclient.RECONNECT_AFTER
+    del api.get
+    connect.down = False
+    assert session.get("v1", "Node", "control") and session.list("v1", "Node")
+    assert connect.count == 3
+    session.forget_failure()  # nothing failed: no effect
+    assert session.get("v1", "Node", "control") and connect.count == 3
 
 
 def test_fallback_get_apply_commands_and_errors():
@@ -634,30 +684,22 @@ def test_fallback_get_apply_commands_and_errors():
     api = KubectlApi(host)
     assert api.get("apps/v1", "Deployment", "customer", "yaobank") == dep
     cmd, kwargs = host.calls[-1]
-    assert cmd == "k3s kubectl get Deployment.v1.apps customer -o json --ignore-not-found -n yaobank"
+    assert cmd == "k3s kubectl --request-timeout=120s get Deployment.v1.apps customer -o json --ignore-not-found -n yaobank"
     assert api.get("operator.tigera.io/v1", "Installation", "default") is None
     with pytest.raises(ApplyConflict, match=r"conflict with \"kubectl-edit\".*\.spec\.replicas"):
         api.apply(dep, dry_run=True)
     assert api.apply(dep) == dep
     cmd, kwargs = host.calls[-1]
-    assert cmd == "k3s kubectl apply --server-side --field-manager=calicolab -o json -f -"
+    assert cmd == "k3s kubectl --request-timeout=120s apply --server-side --field-manager=calicolab -o json -f -"
     assert json.loads(kwargs["_stdin"]) == dep
 
 
-def test_fallback_diff_exit_code_one_means_differs():
-    host = CannedHost([("diff --server-side", True, "--- a\n+++ b\n", "")])
-    differs, text = KubectlApi(host).diff("apiVersion: v1\n")
-    assert differs and text.startswith("--- a")
-    assert host.calls[-1][1]["_success_exit_codes"] == [0, 1]
-
-
-def test_apply_retries_a_kind_not_served_yet_right_after_crds(monkeypatch):
-    monkeypatch.setattr(kapply.time, "sleep", lambda s: None)
+def test_apply_retries_a_kind_not_served_yet_right_after_crds():
     api = MemoryApi(missing_kinds={"Widget"})
     calls = {"n": 0}
     real = api.apply
 
-    def apply(obj, dry_run=False):
+    def apply(obj, dry_run=False, timeout=None):
         if obj["kind"] == "Widget":
             calls["n"] += 1
             if calls["n"] == 3:

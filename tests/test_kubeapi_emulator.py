@@ -220,6 +220,38 @@ def test_server_side_apply_create_idempotent_dryrun_conflicts(emu, dyn):
 
 
 
+@pytest.mark.parametrize("manager, change", [
+    ("kubectl-edit", lambda emu: _raw(emu, "PATCH", "/apis/apps/v1/namespaces/default/deployments/web"
+                                      "?fieldManager=kubectl-edit", {"spec": {"replicas": 3}},
+                                      "application/merge-patch+json")),
+    ("kubectl", lambda emu: _raw(emu, "PATCH", "/apis/apps/v1/namespaces/default/deployments/web/scale"
+                                 "?fieldManager=kubectl", {"spec": {"replicas": 3}},
+                                 "application/merge-patch+json")),
+])
+def test_server_side_apply_conflicts_with_update_managers_by_default(emu, dyn, manager, change):
+    """Like a real API server: a field another manager changed by a plain update (``kubectl edit``,
+    ``kubectl scale``) is a 409 for an apply that sets another value; ``force`` takes it over."""
+    deployments = dyn.resources.get(api_version="apps/v1", kind="Deployment")
+    applied = dict(DEPLOY, metadata=dict(DEPLOY["metadata"], namespace="default"))
+    deployments.server_side_apply(body=applied, field_manager="calicolab")
+    code, _ = change(emu)
+    assert code == 200
+    with pytest.raises(ConflictError) as e:
+        deployments.server_side_apply(body=applied, field_manager="calicolab")
+    body = json.loads(e.value.body)
+    assert f'conflict with "{manager}"' in body["message"] and ".spec.replicas" in body["message"]
+    assert [c["field"] for c in body["details"]["causes"]] == [".spec.replicas"]
+    assert emu.store.get("apps/v1", "Deployment", "web", "default")["spec"]["replicas"] == 3
+    same = dict(applied, spec=dict(applied["spec"], replicas=3))   # the same value is shared, no conflict
+    assert deployments.server_side_apply(body=same, field_manager="calicolab").spec.replicas == 3
+    forced = deployments.server_side_apply(body=applied, field_manager="calicolab", force_conflicts=True).to_dict()
+    assert forced["spec"]["replicas"] == 2
+    owners = {m["manager"]: m["fieldsV1"] for m in forced["metadata"]["managedFields"]}
+    assert "f:replicas" in owners["calicolab"]["f:spec"]
+    assert "f:replicas" not in (owners.get(manager) or {}).get("f:spec", {})
+
+
+
 def test_server_side_apply_drops_list_items_whose_key_changed(emu, dyn):
     """Renaming the keyed item of a list removes the old item whole (its key field and all), however the
     removed paths happen to be ordered."""
@@ -319,9 +351,10 @@ def test_crd_established_can_be_delayed_or_omitted(request):
     assert conds == {"NamesAccepted": "True", "Established": "False"}
     emu.store.crd_established_delay = 0.2
     emu.store.put(operator_crds()[1])
-    time.sleep(0.5)
     ts = emu.store.get(CRD["apiVersion"], CRD["kind"], "tigerastatuses.operator.tigera.io")
-    assert {c["type"]: c["status"] for c in ts["status"]["conditions"]}["Established"] == "True"
+    assert {c["type"]: c["status"] for c in ts["status"]["conditions"]}["Established"] == "False"  # not yet
+    _wait_for(lambda: {c["type"]: c["status"] for c in emu.store.get(
+        CRD["apiVersion"], CRD["kind"], "tigerastatuses.operator.tigera.io")["status"]["conditions"]}["Established"] == "True")
 
 
 # ---- watch ---------------------------------------------------------------------------------------
@@ -330,21 +363,14 @@ def test_watch_events_resource_version_selectors_and_timeout(emu, api):
     core = client.CoreV1Api(api)
     core.create_namespaced_config_map("default", {"metadata": {"name": "before", "labels": {"w": "1"}}})
     rv = core.list_namespaced_config_map("default").metadata.resource_version
-
-    def writer():
-        time.sleep(0.2)
-        core.create_namespaced_config_map("default", {"metadata": {"name": "c1", "labels": {"w": "1"}}})
-        core.create_namespaced_config_map("default", {"metadata": {"name": "other"}})
-        core.patch_namespaced_config_map("c1", "default", {"data": {"a": "b"}})
-        core.delete_namespaced_config_map("c1", "default")
-    t = threading.Thread(target=writer)
-    t.start()
-    start = time.monotonic()
+    core.create_namespaced_config_map("default", {"metadata": {"name": "c1", "labels": {"w": "1"}}})
+    core.create_namespaced_config_map("default", {"metadata": {"name": "other"}})
+    core.patch_namespaced_config_map("c1", "default", {"data": {"a": "b"}})
+    core.delete_namespaced_config_map("c1", "default")
+    # the changes since rv are replayed, then the server ends the stream at timeoutSeconds (else: no list)
     events = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
         core.list_namespaced_config_map, "default", label_selector="w=1", resource_version=rv, timeout_seconds=1)]
-    t.join()
     assert events == [("ADDED", "c1"), ("MODIFIED", "c1"), ("DELETED", "c1")]
-    assert 0.9 < time.monotonic() - start < 3
     initial = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
         core.list_namespaced_config_map, "default", field_selector="metadata.name=before", timeout_seconds=1)]
     assert initial == [("ADDED", "before")]          # no resourceVersion: current state first
@@ -358,11 +384,10 @@ def test_stop_does_not_hang_with_open_watch(request):
     t = threading.Thread(target=lambda: got.extend(watch.Watch().stream(
         client.CoreV1Api(api).list_namespace, timeout_seconds=300)), daemon=True)
     t.start()
-    time.sleep(0.3)
-    start = time.monotonic()
+    _wait_for(lambda: len(got) == 4)  # the watch is open: the current namespaces arrived
     emu.stop()
-    t.join(5)
-    assert time.monotonic() - start < 5 and not t.is_alive() and len(got) == 4
+    t.join(30)
+    assert not t.is_alive() and len(got) == 4
 
 
 def test_store_api_and_watchers(emu):
@@ -489,8 +514,9 @@ def test_fake_cluster_operator_flow_and_failures(request, emu):
     assert op["status"]["availableReplicas"] == 2 and _conds(op) == {"Available": "True", "Progressing": "True"}
     emu.store.put({"apiVersion": "operator.tigera.io/v1", "kind": "Installation", "metadata": {"name": "default"},
                    "spec": {}})
-    ts = _wait_for(lambda: emu.store.get("operator.tigera.io/v1", "TigeraStatus", "calico"))
-    assert _conds(ts)["Progressing"] == "True" or _conds(ts)["Available"] == "True"
+    ts = _wait_for(lambda: (lambda o: o if o and _conds(o) else None)(  # created, then its conditions set
+        emu.store.get("operator.tigera.io/v1", "TigeraStatus", "calico")))
+    assert _conds(ts).get("Progressing") == "True" or _conds(ts).get("Available") == "True"
     _wait_for(lambda: _conds(emu.store.get("operator.tigera.io/v1", "TigeraStatus", "calico"))["Available"] == "True")
     _wait_for(lambda: all(_conds(n)["Ready"] == "True" for n in emu.store.list("v1", "Node")))
     stuck = dict(json.loads(json.dumps(DEPLOY)), metadata={"name": "stuck", "namespace": "default"})
@@ -513,7 +539,7 @@ def test_fake_cluster_degraded(request, emu):
     ts = _wait_for(lambda: (lambda o: o if _conds(o).get("Degraded") == "True" else None)(
         emu.store.get("operator.tigera.io/v1", "TigeraStatus", "calico")))
     assert next(c for c in ts["status"]["conditions"] if c["type"] == "Degraded")["message"] == "boom"
-    time.sleep(0.2)
+    cluster.reconcile()  # one more pass of every controller: a degraded Calico never makes a node Ready
     assert _conds(emu.store.list("v1", "Node")[0])["Ready"] == "False"
 
 
@@ -541,7 +567,8 @@ def test_fake_cluster_pod_faults_from_a_switches_file(request, emu, tmp_path):
     scheduled = next(c for c in pending[0]["status"]["conditions"] if c["type"] == "PodScheduled")
     assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
     assert scheduled["message"].startswith("0/2 nodes are available")
-    events = emu.store.list("v1", "Event", "default", field_selector=f"involvedObject.name={pending[0]['metadata']['name']}")
+    events = _wait_for(lambda: emu.store.list(  # the controller records the event just after the pod
+        "v1", "Event", "default", field_selector=f"involvedObject.name={pending[0]['metadata']['name']}"))
     assert [e["reason"] for e in events] == ["FailedScheduling"]
 
     switches.write_text(json.dumps({"deployment_modes": {}}))
@@ -636,7 +663,7 @@ def kubectl(request, tmp_path):
         if check:
             assert p.returncode == 0, p.stderr
         return p
-    run.emu = emu
+    run.emu, run.env = emu, env
     return run
 
 
@@ -653,12 +680,16 @@ def test_kubectl_apply_get_rollout(kubectl, tmp_path):
                    "jsonpath={.metadata.resourceVersion} {.metadata.generation}").stdout == f"{rv} 1"
     assert kubectl("get", "svc", "customer", "-n", "yaobank", "-o",
                    "jsonpath={.spec.ports[0].nodePort}").stdout == "30180"
-    cluster = FakeCluster(kubectl.emu, nodes=[("control", "198.19.0.1")], rollout_delay=1.0)
+    cluster = FakeCluster(kubectl.emu, nodes=[("control", "198.19.0.1")], deployments="never")
     cluster.start()
     try:
-        start = time.monotonic()
-        p = kubectl("rollout", "status", "deployment/customer", "-n", "yaobank", "--timeout=20s")
-        assert "successfully rolled out" in p.stdout and time.monotonic() - start >= 0.9
+        waiting = subprocess.Popen([KUBECTL, "rollout", "status", "deployment/customer", "-n", "yaobank",
+                                    "--timeout=30s"], env=kubectl.env, stdout=subprocess.PIPE, text=True)
+        first = waiting.stdout.readline()  # kubectl saw the rollout unfinished (watching now) ...
+        assert first.startswith('Waiting for deployment "customer" rollout to finish'), first
+        cluster.deployments = "rollout"  # ... then the controller finishes it
+        rest, _ = waiting.communicate(timeout=40)
+        assert waiting.returncode == 0 and "successfully rolled out" in rest
         assert kubectl("scale", "deployment/customer", "-n", "yaobank", "--replicas=2").returncode == 0
         kubectl("rollout", "status", "deployment/customer", "-n", "yaobank", "--timeout=20s")
         rows = kubectl("get", "deploy,svc", "-n", "yaobank").stdout

@@ -17,7 +17,7 @@ from calicolab.kube import waits
 from calicolab.operations import kubernetes
 from calicolab.render import render_manifest
 from tests.support.kubeapi.controllers import FakeCluster
-from tests.test_kube_ops import Run, fast_polls, fresh_probe_cache, loopback_only, make_lab  # noqa: F401 (fixtures)
+from tests.test_kube_ops import Run, loopback_only, make_lab  # noqa: F401 (fixtures)
 from tests.test_kube_phases import emu, execute, op_results  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(90)

@@ -1,8 +1,7 @@
-"""Parsing, ordering, planning (server-side dry run + diff) and applying manifests."""
+"""Parsing, ordering, planning (server-side dry run + diff) and applying manifests (server-side apply)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -10,6 +9,7 @@ import yaml
 
 from calicolab.kube.client import ApplyConflict, KubeApi, KubeError, NotFound, object_ref
 from calicolab.kube.diff import normalise, unified_diff
+from calicolab.polling import Check, Transient, poll
 
 FIRST_KINDS = ("Namespace", "CustomResourceDefinition")
 CLUSTER_RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding")
@@ -122,21 +122,30 @@ class ApplyFailed(KubeError):
 CRD_SETTLE_TIMEOUT = 30.0
 
 
-def _apply_settling(api: KubeApi, obj: dict, crds_applied: bool) -> dict:
-    """Apply; right after CRDs of the same batch, a kind that is not served yet is retried
-    (the CRD becomes Established and discoverable within moments)."""
-    deadline = time.monotonic() + CRD_SETTLE_TIMEOUT
-    delay = 0.2
-    while True:
+def _kind_not_served(exc: NotFound) -> bool:
+    return "does not serve kind" in str(exc) or "no matches for kind" in str(exc)
+
+
+def _apply_settling(api: KubeApi, obj: dict, crds_applied: bool, settle_timeout: float = CRD_SETTLE_TIMEOUT) -> dict:
+    """Apply; right after CRDs of the same batch, a kind that is not served yet is retried for up to
+    ``settle_timeout`` seconds (the CRD becomes Established and discoverable within moments)."""
+    if not crds_applied:
+        return api.apply(obj)
+    applied: dict[str, dict] = {}
+
+    def probe(remaining: float) -> Check:
         try:
-            return api.apply(obj)
+            applied["obj"] = api.apply(obj, timeout=remaining)
         except NotFound as exc:
-            if not crds_applied or "does not serve kind" not in str(exc) and "no matches for kind" not in str(exc):
+            if not _kind_not_served(exc):
                 raise
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            raise Transient(str(exc)) from None
+        return Check(True, "applied")
+
+    check = poll(f"{object_ref(obj)} to be served", settle_timeout, probe)
+    if not check.done:
+        raise NotFound(f"{object_ref(obj)}: {check.message} (still after {settle_timeout:g}s)")
+    return applied["obj"]
 
 
 def apply_objects(

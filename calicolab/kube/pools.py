@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from calicolab.polling import Check
+
 IPPOOL_API = "crd.projectcalico.org/v1"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "tigera-operator")
 #: The course's pool keeps the name students meet in `calicoctl get ippools`; any other CIDR gets a name of
@@ -176,7 +178,7 @@ def review_message(plan: PoolPlan, apiserver: bool) -> tuple[str, bool]:
 
 
 def pools_check(installation: dict, live_pools: list[dict], ippools_status: dict | None):
-    """Done (a ``waits.Check``) when the operator-owned IPPools match the Installation and
+    """Done (a ``Check``) when the operator-owned IPPools match the Installation and
     tigerastatus/ippools is Available. A Degraded ``ippools`` is reported as failed (the caller decides
     how long to tolerate it)."""
     from calicolab.kube import waits  # here, so that rendering (pool_name) needs no Kubernetes client
@@ -186,6 +188,6 @@ def pools_check(installation: dict, live_pools: list[dict], ippools_status: dict
     pending = plan.changes + [f"blockSize of {label}: {live} (set: {wanted})" for label, live, wanted in plan.block_sizes]
     if not pending and status.done:
         names = ", ".join(pool_name(spec["cidr"]) for spec in map(ippool_spec, installation_pools(installation)))
-        return waits.Check(True, f"IP pools as set ({names}); tigerastatus/ippools Available")
+        return Check(True, f"IP pools as set ({names}); tigerastatus/ippools Available")
     message = "; ".join((["not yet: " + "; ".join(pending)] if pending else []) + [status.message])
-    return waits.Check(False, message, failed=status.failed)
+    return Check(False, message, failed=status.failed)

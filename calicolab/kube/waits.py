@@ -1,25 +1,23 @@
 """Waiting for the cluster: deployment rollouts (kubectl's exact rule), CRDs Established,
-TigeraStatus Available, nodes Ready, and an HTTP answer check.
+TigeraStatus Available, the IP pools as set, nodes Ready, and an HTTP answer check.
 
-Every wait polls with a growing interval (works the same over the direct API and the
-``k3s kubectl`` fallback), logs progress periodically through ``log`` and, on timeout or failure,
-raises :class:`WaitFailed` whose message names the object, its last conditions and related Events.
+Each wait is a :class:`Watched` probe (one list of one kind, judged) run by :func:`calicolab.polling.poll`;
+the same probe, called once, tells an operation in planning whether it has to wait at all. Between probes
+a watch on the listed kind (from the list's resourceVersion) ends the pause as soon as something changes;
+over the ``k3s kubectl`` fallback, which cannot watch, the pause just sleeps. An API that does not answer
+is retried until the deadline (``Transient``); any other error ends the wait. On timeout or failure a
+wait raises :class:`WaitFailed` whose message names the object, its last conditions and related Events.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from calicolab.kube.client import KubeApi, KubeError
+from calicolab.kube.client import ApiUnreachable, KubeApi, KubeError
+from calicolab.polling import Check, Transient, poll
 
-#: first poll interval, growth factor, cap (seconds)
-POLL_INITIAL = 1.0
-POLL_FACTOR = 1.5
-POLL_MAX = 5.0
-#: a progress line at least this often (seconds), and whenever the state changes
-PROGRESS_EVERY = 30.0
 #: how long TigeraStatus may stay Degraded=True before the wait fails (seconds)
 DEGRADED_GRACE = 60.0
 #: Events listed in an error message, at most
@@ -33,13 +31,6 @@ class WaitFailed(KubeError):
 
 
 # --- Pure checks ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    done: bool
-    message: str
-    failed: bool = False
 
 
 def _condition(obj: dict, ctype: str) -> dict | None:
@@ -162,8 +153,8 @@ def related_events(
     reason and message on several objects is listed once."""
     try:
         events = api.list("v1", "Event", namespace=namespace)
-    except KubeError:
-        return []
+    except KubeError as exc:  # the failure is being reported: say why its events are missing
+        return [f"(events not readable: {exc})"]
     chosen = [
         e for e in events
         if match(e.get("involvedObject") or {}) and (not warnings_only or e.get("type") == "Warning")
@@ -296,8 +287,8 @@ def deployment_pod_problems(api: KubeApi, deployment: dict) -> list[PodProblem]:
         return []
     try:
         pods = api.list("v1", "Pod", namespace=meta.get("namespace"), label_selector=selector)
-    except KubeError:
-        return []
+    except KubeError as exc:  # the failure is being reported: say why its pods are not described
+        return [PodProblem("?", "pods not readable", str(exc))]
     problems: list[PodProblem] = []
     troubled = 0
     for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
@@ -331,48 +322,124 @@ def pod_next_steps(problems: list[PodProblem], namespace: str, kubectl: str, ima
     return steps
 
 
-# --- The polling loop ----------------------------------------------------------------------------
+# --- Probes --------------------------------------------------------------------------------------
 
 
-class Poller:
-    """Calls ``probe()`` (→ Check) with a growing interval until done, failed or timed out."""
+@dataclass
+class Watched:
+    """A probe for :func:`calicolab.polling.poll`: lists one kind (bounded by the seconds that remain) and
+    judges the objects; :meth:`pause` watches that kind from the list's resourceVersion, so a change ends
+    the pause at once. ``items`` keeps the last objects seen, for the failure message.
 
-    def __init__(
-        self,
-        what: str,
-        timeout: float,
-        log: Callable[[str], Any] | None = None,
-        sleep: Callable[[float], Any] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.what = what
-        self.timeout = float(timeout)
-        self.log = log or (lambda message: None)
-        self.sleep = sleep
+    Example::
+
+        probe = Watched(api, "v1", "Node", None, lambda nodes, remaining: nodes_check(nodes, ["control"]))
+        check = probe(5.0)                       # one look (planning)
+        check = probe.wait("nodes Ready", 300)   # until done, failed or 300 s
+    """
+
+    api: KubeApi
+    api_version: str
+    kind: str
+    namespace: str | None
+    judge: Callable[[list[dict], float], Check]
+    items: list[dict] = field(default_factory=list)
+    version: str | None = None
+
+    def __call__(self, remaining: float) -> Check:
+        try:
+            self.items, self.version = self.api.snapshot(self.api_version, self.kind, self.namespace, timeout=remaining)
+            return self.judge(self.items, remaining)
+        except ApiUnreachable as exc:
+            raise Transient(f"API not reachable: {exc}") from None
+
+    def pause(self, seconds: float) -> bool:
+        return self.api.wait_for_change(self.api_version, self.kind, self.namespace, self.version, seconds)
+
+    def wait(self, what: str, timeout: float, log=None, clock: Callable[[], float] = time.monotonic) -> Check:
+        return poll(what, timeout, self, log, pause=self.pause, clock=clock)
+
+
+def by_name(items: list[dict]) -> dict[str, dict]:
+    return {(item.get("metadata") or {}).get("name"): item for item in items}
+
+
+class DegradedGrace:
+    """Tolerates a failed (Degraded) Check for ``seconds``: the operator retries, e.g. once the API server
+    it waited for is Ready."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds = seconds
         self.clock = clock
+        self.since: float | None = None
 
-    def run(self, probe: Callable[[], Check]) -> Check:
-        start = self.clock()
-        deadline = start + self.timeout
-        interval = POLL_INITIAL
-        last_message = None
-        last_log = start
-        while True:
-            try:
-                check = probe()
-            except KubeError as exc:  # transient API trouble: keep trying until the deadline
-                check = Check(False, f"API error: {exc}")
-            now = self.clock()
-            if check.done or check.failed:
+    def __call__(self, check: Check) -> Check:
+        if not check.failed:
+            self.since = None
+            return check
+        now = self.clock()
+        self.since = now if self.since is None else self.since
+        if now - self.since < self.seconds:
+            return Check(False, check.message + f" (failing if it lasts {int(self.seconds)}s)")
+        return check
+
+
+def rollouts_probe(api: KubeApi, namespace: str, names: Iterable[str]) -> Watched:
+    """Done when every Deployment ``names`` in ``namespace`` is rolled out (kubectl's rule); failed at
+    the first ProgressDeadlineExceeded."""
+    names = list(names)
+
+    def judge(items: list[dict], _remaining: float) -> Check:
+        found = by_name(items)
+        pending = []
+        for name in names:
+            if name not in found:
+                pending.append(f'deployment "{name}" not found')
+                continue
+            check = rollout_status(found[name])
+            if check.failed:
                 return check
-            if check.message != last_message or now - last_log >= PROGRESS_EVERY:
-                self.log(f"waiting for {self.what} ({int(now - start)}s of {int(self.timeout)}s): {check.message}")
-                last_message = check.message
-                last_log = now
-            if now >= deadline:
-                return Check(False, check.message, failed=False)
-            self.sleep(max(0.0, min(interval, deadline - now)))
-            interval = min(interval * POLL_FACTOR, POLL_MAX)
+            if not check.done:
+                pending.append(check.message)
+        return Check(not pending, "; ".join(pending) or "rolled out: " + ", ".join(names))
+
+    return Watched(api, "apps/v1", "Deployment", namespace, judge)
+
+
+def crds_probe(api: KubeApi, names: Iterable[str]) -> Watched:
+    names = list(names)
+
+    def judge(items: list[dict], _remaining: float) -> Check:
+        found = by_name(items)
+        pending = [c.message for c in (crd_established(found.get(n), n) for n in names) if not c.done]
+        return Check(not pending, "; ".join(pending) or f"CRDs Established: {', '.join(names)}")
+
+    return Watched(api, "apiextensions.k8s.io/v1", "CustomResourceDefinition", None, judge)
+
+
+def tigerastatus_probe(api: KubeApi, name: str, grace: DegradedGrace | None = None) -> Watched:
+    grace = grace or DegradedGrace(DEGRADED_GRACE)
+    return Watched(api, "operator.tigera.io/v1", "TigeraStatus", None,
+                   lambda items, _remaining: grace(tigerastatus_check(by_name(items).get(name), name)))
+
+
+def nodes_probe(api: KubeApi, names: Iterable[str]) -> Watched:
+    names = list(names)
+    return Watched(api, "v1", "Node", None, lambda items, _remaining: nodes_check(items, names))
+
+
+def pools_probe(api: KubeApi, installation: dict, grace: DegradedGrace | None = None) -> Watched:
+    """Done when the operator-owned IPPools match ``installation`` and tigerastatus/ippools is Available
+    (watched: the operator updates it when it has reconciled the pools)."""
+    from calicolab.kube import pools as kpools
+
+    grace = grace or DegradedGrace(DEGRADED_GRACE)
+
+    def judge(items: list[dict], remaining: float) -> Check:
+        live = api.list(kpools.IPPOOL_API, "IPPool", timeout=remaining)
+        return grace(kpools.pools_check(installation, live, by_name(items).get("ippools")))
+
+    return Watched(api, "operator.tigera.io/v1", "TigeraStatus", None, judge)
 
 
 # --- Waits ---------------------------------------------------------------------------------------
@@ -393,30 +460,12 @@ def wait_rollouts(
     Pending with the scheduler's message), their Warning events and the next command to run
     (``kubectl``: how the user runs kubectl; ``image_setting``: the setting naming the images)."""
     names = list(names)
-    last: dict[str, dict | None] = {}
-    poller = Poller(f"deployment(s) {', '.join(names)} -n {namespace}", timeout, log)
-
-    def probe() -> Check:
-        pending = []
-        for name in names:
-            dep = api.get("apps/v1", "Deployment", name, namespace)
-            last[name] = dep
-            if dep is None:
-                pending.append(f'deployment "{name}" not found')
-                continue
-            check = rollout_status(dep)
-            if check.failed:
-                return Check(False, check.message, failed=True)
-            if not check.done:
-                pending.append(check.message)
-        if pending:
-            return Check(False, "; ".join(pending))
-        return Check(True, "; ".join(f'deployment "{n}" successfully rolled out' for n in names))
-
-    check = poller.run(probe)
+    probe = rollouts_probe(api, namespace, names)
+    check = probe.wait(f"deployment(s) {', '.join(names)} -n {namespace}", timeout, log)
     if check.done:
         return [f'deployment "{n}" successfully rolled out' for n in names]
-    failing = [n for n in names if last.get(n) is None or not rollout_status(last[n]).done] or names
+    last = by_name(probe.items)
+    failing = [n for n in names if n not in last or not rollout_status(last[n]).done] or names
     lines = [f"error: {check.message}" if check.failed else f"{TIMED_OUT} after {timeout:g}s: {check.message}"]
     steps = []
     for name in failing:
@@ -452,19 +501,7 @@ def wait_crds_established(
     api: KubeApi, names: Iterable[str], timeout: float, log=None, kubectl: str = "kubectl"
 ) -> list[str]:
     names = list(names)
-    last: dict[str, dict | None] = {}
-
-    def probe() -> Check:
-        pending = []
-        for name in names:
-            crd = api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
-            last[name] = crd
-            check = crd_established(crd, name)
-            if not check.done:
-                pending.append(check.message)
-        return Check(not pending, "; ".join(pending) or "all Established")
-
-    check = Poller(f"CRD(s) {', '.join(names)} Established", timeout, log).run(probe)
+    check = crds_probe(api, names).wait(f"CRD(s) {', '.join(names)} Established", timeout, log)
     if check.done:
         return [f"customresourcedefinition/{n} Established" for n in names]
     raise WaitFailed(
@@ -486,29 +523,14 @@ def wait_tigerastatus(
 ) -> str:
     """Wait until ``tigerastatus/<name>`` is Available; Degraded for longer than the grace period or
     the timeout raise WaitFailed with the conditions, Calico's Warning events and the next steps."""
-    grace = DEGRADED_GRACE if degraded_grace is None else degraded_grace
-    state: dict[str, Any] = {"degraded_since": None, "obj": None}
-
-    def probe() -> Check:
-        obj = api.get("operator.tigera.io/v1", "TigeraStatus", name)
-        state["obj"] = obj
-        check = tigerastatus_check(obj, name)
-        if check.failed:
-            now = clock()
-            if state["degraded_since"] is None:
-                state["degraded_since"] = now
-            if now - state["degraded_since"] < grace:
-                return Check(False, check.message + f" (failing if it lasts {int(grace)}s)")
-            return check
-        state["degraded_since"] = None
-        return check
-
-    check = Poller(f"tigerastatus/{name} Available", timeout, log, clock=clock).run(probe)
+    grace = DegradedGrace(DEGRADED_GRACE if degraded_grace is None else degraded_grace, clock)
+    probe = tigerastatus_probe(api, name, grace)
+    check = probe.wait(f"tigerastatus/{name} Available", timeout, log, clock=clock)
     if check.done:
         return check.message
-    obj = state["obj"]
+    obj = by_name(probe.items).get(name)
     if check.failed:
-        message = f"{check.message} (Degraded for more than {int(grace)}s; conditions: {format_conditions(obj)})"
+        message = f"{check.message} (Degraded for more than {int(grace.seconds)}s; conditions: {format_conditions(obj)})"
     else:
         conditions = format_conditions(obj) if obj else "the object does not exist"
         message = f"{TIMED_OUT} after {timeout:g}s: tigerastatus/{name} not Available; conditions: {conditions}"
@@ -522,22 +544,40 @@ def wait_tigerastatus(
     raise WaitFailed(_with_next(message, steps))
 
 
+def wait_pools(api: KubeApi, installation: dict, timeout: float, log=None) -> str:
+    """Wait until the pools are as set; a Degraded ``ippools`` may last ``DEGRADED_GRACE`` seconds."""
+    from calicolab.kube import pools as kpools
+
+    check = pools_probe(api, installation).wait("the IP pools as set", timeout, log)
+    if check.done:
+        return check.message
+    prefix = "" if check.failed else f"{TIMED_OUT} after {timeout:g}s: "
+    hint = f". {kpools.WAYS_FORWARD}" if "API server is unavailable" in check.message else ""
+    raise WaitFailed(f"{prefix}{check.message}{hint}")
+
+
 def wait_nodes_ready(
     api: KubeApi, names: Iterable[str], timeout: float, log=None, kubectl: str = "kubectl"
 ) -> str:
     names = list(names)
-    state: dict[str, Any] = {"nodes": []}
-
-    def probe() -> Check:
-        state["nodes"] = api.list("v1", "Node")
-        return nodes_check(state["nodes"], names)
-
-    check = Poller(f"nodes {', '.join(names)} Ready", timeout, log).run(probe)
+    probe = nodes_probe(api, names)
+    check = probe.wait(f"nodes {', '.join(names)} Ready", timeout, log)
     if check.done:
-        registered = sorted((n.get("metadata") or {}).get("name") for n in state["nodes"])
+        registered = sorted(by_name(probe.items))
         extra = [n for n in registered if n not in names]
         return check.message + (f" (also registered: {', '.join(extra)})" if extra else "")
     not_ready = [n for n in names if f"{n} (" in check.message]
     events = related_events(api, None, lambda inv: inv.get("kind") == "Node" and inv.get("name") in not_ready)
     steps = [f"`{kubectl} describe node {n}`" for n in not_ready] + [f"`{kubectl} -n calico-system get pods -o wide`"]
     raise WaitFailed(_with_next(_with_events(f"{TIMED_OUT} after {timeout:g}s: {check.message}", events), steps))
+
+
+class Poller:
+    """Deprecated adapter for ``operations/k3s.py`` until it calls :func:`calicolab.polling.poll` itself
+    (then remove this class)."""
+
+    def __init__(self, what: str, timeout: float, log=None):
+        self.what, self.timeout, self.log = what, timeout, log
+
+    def run(self, probe: Callable[[], Check]) -> Check:
+        return poll(self.what, self.timeout, lambda _remaining: probe(), self.log)

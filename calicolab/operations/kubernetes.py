@@ -1,7 +1,9 @@
 """pyinfra operations that talk to the lab's Kubernetes API (attach them to the ``control`` host).
 
-The API calls run on the workstation (``calicolab.kube.client``); when the API is not routable from
-the workstation they run as ``k3s kubectl`` on control through the connector, and say so.
+The API calls run on the workstation through the run's one connection (:func:`kube_session`, kept on
+pyinfra's ``state``, made at the first request and reused by every operation, in planning and in
+execution); when the API is not routable from the workstation they run as ``k3s kubectl`` on control
+through the connector, and the run says so once.
 
 * ``applied(manifest_yaml, lab, manifest=...)`` — server-side apply of a multi-document manifest;
   change detection by server-side dry run, unified diffs with ``--diff``.
@@ -23,11 +25,13 @@ FunctionCommand that returns False (a clean "Error" for the host) after logging 
 from __future__ import annotations
 
 import shlex
-import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.context import ctx_host
 
 from calicolab.constants import SERVER
 from calicolab.kube import pools as kpools
@@ -39,24 +43,75 @@ from calicolab.kube.apply import (
     parse_manifest,
     plan_apply,
 )
-from calicolab.kube.client import KubeApi, KubeError, connect, object_ref
-from calicolab.operations.common import print_once
+from calicolab.kube.client import REQUEST_TIMEOUT, ApiUnreachable, KubeApi, KubeError, Session, connect, object_ref
+from calicolab.operations.common import fail_with, print_once
+from calicolab.polling import Check, Transient, poll
 
 #: seconds a single curl may take in http_answers
 CURL_MAX_TIME = 5
 
-# --- helpers -------------------------------------------------------------------------------------
+# --- the run's connection ---------------------------------------------------------------------------
 
 
-_reasons_told: set[str] = set()
+@dataclass
+class KubeRun:
+    """What a run keeps about the Kubernetes API (on pyinfra's ``state``): the connection, whether it was
+    made while executing, and the reasons for "not reachable" already told in full."""
+
+    session: Session
+    executing: bool
+    told: set[str] = field(default_factory=set)
 
 
-def _why(exc: Exception) -> str:
+def control_addresses(lab) -> list[str]:
+    """Control's IPv4 addresses as ``multipass list`` reports them (its DHCP address first), the ones the
+    workstation can route to; ``[]`` when Multipass cannot tell (then the kubeconfig's server and the
+    management ip are tried alone)."""
+    from calicolab.diagnose import list_instances
+
+    instances, _why_not = list_instances(lab)
+    return [str(address) for address in ((instances or {}).get(SERVER) or {}).get("ipv4") or []]
+
+
+def _kube_run(lab, the_host=None) -> KubeRun:
+    runs: dict[str, KubeRun] | None = getattr(state, "calicolab_kube", None)
+    if runs is None:
+        runs = {}
+        state.calicolab_kube = runs
+    key = str(lab.state_path)
+    run = runs.get(key)
+    if run is None:
+        control = the_host if the_host is not None else ctx_host.get()  # the Host itself, not the proxy
+        run = KubeRun(
+            Session(
+                lambda: connect(lab, host=control, addresses=control_addresses(lab)),
+                log=lambda message: control.log_styled(message, fg="yellow", log_func=logger.warning),
+            ),
+            state.is_executing,
+        )
+        runs[key] = run
+    if run.executing != state.is_executing:  # execution may find what planning could not reach
+        run.executing = state.is_executing
+        run.session.forget_failure()
+    return run
+
+
+def kube_session(lab, the_host=None) -> Session:
+    """The run's connection to the lab's API: made on first use (direct, else ``k3s kubectl`` on
+    ``the_host``, control), then shared by every operation, wait and the report card.
+
+    Example: ``kube_session(lab).get("v1", "Node", "control")``
+    """
+    return _kube_run(lab, the_host).session
+
+
+def _why(lab, exc: Exception) -> str:
     """Why the API was not reachable: in full the first time in a run, then by reference."""
     reason = str(exc)
-    if reason in _reasons_told:
+    told = _kube_run(lab).told
+    if reason in told:
         return " (same reason as above)"
-    _reasons_told.add(reason)
+    told.add(reason)
     return f" ({reason})"
 
 
@@ -68,33 +123,6 @@ def _lab(lab):
     return lab_for_host(host)
 
 
-def _extra_addresses(the_host) -> list[str]:
-    """Further API addresses to probe after the kubeconfig's server and control's management ip:
-    the instance's addresses from ``multipass list`` (kept by the multipass connector in
-    ``host.connector_data["multipass_ipv4"]``) and host data ``kube_api_addresses`` (a list or a
-    comma-separated string)."""
-    addresses: list[str] = []
-    connector_data = getattr(the_host, "connector_data", None) or {}
-    addresses += [str(a) for a in connector_data.get("multipass_ipv4") or []]
-    data = getattr(the_host, "data", None)
-    value = data.get("kube_api_addresses") if data is not None else None
-    if isinstance(value, str):
-        addresses += [v.strip() for v in value.split(",") if v.strip()]
-    elif value:
-        addresses += [str(v) for v in value]
-    return addresses
-
-
-def _connect(the_host, lab) -> KubeApi:
-    """Direct API or the k3s kubectl fallback (logged); raises ApiUnreachable."""
-    return connect(
-        lab,
-        host=the_host,
-        extra_addresses=_extra_addresses(the_host),
-        log=lambda message: the_host.log_styled(message, fg="yellow", log_func=logger.warning),
-    )
-
-
 def kubectl_hint(lab) -> str:
     """How a user runs kubectl against the lab from the workstation, for next-step commands
     (works wherever Multipass does, with no kubeconfig): ``multipass exec control -- sudo k3s kubectl``."""
@@ -102,8 +130,7 @@ def kubectl_hint(lab) -> str:
 
 
 def _error(the_host, step: str, cause: Any) -> bool:
-    the_host.log_styled(f"{step} failed on {the_host.name}: {cause}", fg="red", log_func=logger.error)
-    return False
+    return fail_with(f"{step} failed on {the_host.name}: {cause}")(state, the_host)
 
 
 def _installation(objects: list[dict]) -> dict | None:
@@ -140,24 +167,18 @@ def _apply_now(state, host, manifest_yaml: str, lab, manifest: str) -> bool:
     step = f"apply {manifest} manifest"
     try:
         objects = parse_manifest(manifest_yaml)
-        api = _connect(host, lab)
-    except KubeError as exc:
-        return _error(host, step, exc)
-    try:
+        api = kube_session(lab, host)
         # Decided on the live pools now: an Installation the operator cannot apply is not applied at all.
         message, blocked = _review_pools(api, _installation(objects), lab)
         if blocked:
             return _error(host, step, message)
+        api.current()
         host.log(f"{step}: {len(objects)} object(s) via {api.description}")
         result = apply_objects(api, objects, log=lambda message: host.log(f"  {message}"))
     except ApplyFailed as exc:
         return _error(host, f"{step} ({exc.ref})", f"{exc.cause} [{exc.result.summary()}]")
     except KubeError as exc:
         return _error(host, step, exc)
-    except Exception as exc:  # never let a bug abort the whole run
-        return _error(host, step, f"unexpected {type(exc).__name__}: {exc}")
-    finally:
-        api.close()
     host.log(f"{step}: {result.summary()}")
     return True
 
@@ -174,21 +195,18 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
     objects = order_objects(parse_manifest(manifest_yaml))
     refs = [object_ref(obj) for obj in objects]
     command = FunctionCommand(_apply_now, (manifest_yaml, lab, manifest), {})
-    try:
-        api = _connect(host, lab)
-    except KubeError as exc:
-        host.log(f"API not reachable: {len(objects)} object(s) will be applied: {', '.join(refs)}{_why(exc)}")
-        yield command
-        return
+    api = kube_session(lab)
     try:
         plans = plan_apply(api, objects)
         pool_message, pool_blocked = _review_pools(api, _installation(objects), lab)
+    except ApiUnreachable as exc:
+        host.log(f"API not reachable: {len(objects)} object(s) will be applied: {', '.join(refs)}{_why(lab, exc)}")
+        yield command
+        return
     except KubeError as exc:
         host.log(f"cannot compare {manifest} with the cluster ({exc}): assuming {len(objects)} object(s) will be applied")
         yield command
         return
-    finally:
-        api.close()
 
     # The body runs in planning and again in execution: both the dry and the real run say it.
     _log_pool_review(host, pool_message, pool_blocked)
@@ -218,17 +236,9 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
 def _wait_command(step: str, lab, wait: Callable[[KubeApi, Callable[[str], Any]], Any]) -> FunctionCommand:
     def wait_now(state, host, step: str, lab) -> bool:
         try:
-            api = _connect(host, lab)
+            result = wait(kube_session(lab, host), host.log)
         except KubeError as exc:
             return _error(host, step, exc)
-        try:
-            result = wait(api, host.log)
-        except KubeError as exc:
-            return _error(host, step, exc)
-        except Exception as exc:  # never let a bug abort the whole run
-            return _error(host, step, f"unexpected {type(exc).__name__}: {exc}")
-        finally:
-            api.close()
         for line in result if isinstance(result, list) else [result]:
             host.log(line)
         return True
@@ -237,21 +247,17 @@ def _wait_command(step: str, lab, wait: Callable[[KubeApi, Callable[[str], Any]]
     return FunctionCommand(wait_now, (step, lab), {})
 
 
-def _wait_op(step: str, lab, probe: Callable[[KubeApi], waits.Check], wait) -> Iterable:
-    """Shared body: satisfied now → noop; else yield the waiting FunctionCommand."""
+def _wait_op(step: str, lab, probe: Callable[[KubeApi], waits.Watched], wait) -> Iterable:
+    """Shared body: one look with the wait's own probe; satisfied → noop, else yield the waiting command."""
     command = _wait_command(step, lab, wait)
     try:
-        api = _connect(host, lab)
-    except KubeError as exc:
-        host.log(f"API not reachable: will wait for {step}{_why(exc)}")
+        check = probe(kube_session(lab))(REQUEST_TIMEOUT)
+    except Transient as exc:
+        host.log(f"API not reachable: will wait for {step}{_why(lab, exc)}")
         yield command
         return
-    try:
-        check = probe(api)
     except KubeError as exc:
-        check = waits.Check(False, f"cannot check: {exc}")
-    finally:
-        api.close()
+        check = Check(False, f"cannot check: {exc}")
     if check.done:
         host.noop(check.message)
         return
@@ -265,19 +271,10 @@ def crds_established(names: list[str], timeout: float | None = None, lab=None):
     lab = _lab(lab)
     names = list(names)
     timeout = lab.timeout_operator_ready if timeout is None else timeout
-
-    def probe(api):
-        checks = [
-            waits.crd_established(api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", n), n)
-            for n in names
-        ]
-        pending = [c.message for c in checks if not c.done]
-        return waits.Check(not pending, "; ".join(pending) or f"CRDs Established: {', '.join(names)}")
-
     yield from _wait_op(
         f"CRDs {', '.join(names)} Established",
         lab,
-        probe,
+        lambda api: waits.crds_probe(api, names),
         lambda api, log: waits.wait_crds_established(api, names, timeout, log, kubectl=kubectl_hint(lab)),
     )
 
@@ -287,47 +284,12 @@ def tigerastatus_available(status: str = "calico", timeout: float | None = None,
     """Wait until ``tigerastatus/<status>`` is Available=True (Degraded too long → error)."""
     lab = _lab(lab)
     timeout = lab.timeout_calico_available if timeout is None else timeout
-
-    def probe(api):
-        return waits.tigerastatus_check(api.get("operator.tigera.io/v1", "TigeraStatus", status), status)
-
     yield from _wait_op(
         f"tigerastatus/{status} Available",
         lab,
-        probe,
+        lambda api: waits.tigerastatus_probe(api, status),
         lambda api, log: waits.wait_tigerastatus(api, status, timeout, log, kubectl=kubectl_hint(lab)),
     )
-
-
-def _pools_probe(installation: dict, api: KubeApi) -> waits.Check:
-    return kpools.pools_check(
-        installation,
-        api.list(kpools.IPPOOL_API, "IPPool"),
-        api.get("operator.tigera.io/v1", "TigeraStatus", "ippools"),
-    )
-
-
-def _wait_pools(api: KubeApi, installation: dict, timeout: float, log) -> str:
-    """Poll until the pools are as set; a Degraded ``ippools`` may last ``waits.DEGRADED_GRACE`` seconds
-    (the operator retries once the API server it waited for is Ready)."""
-    degraded_since: dict[str, float] = {}
-
-    def probe() -> waits.Check:
-        check = _pools_probe(installation, api)
-        if not check.failed:
-            degraded_since.clear()
-            return check
-        since = degraded_since.setdefault("ippools", time.monotonic())
-        if time.monotonic() - since < waits.DEGRADED_GRACE:
-            return waits.Check(False, check.message)
-        return check
-
-    check = waits.Poller("the IP pools as set", timeout, log).run(probe)
-    if check.done:
-        return check.message
-    prefix = "" if check.failed else f"{waits.TIMED_OUT} after {timeout:g}s: "
-    hint = f". {kpools.WAYS_FORWARD}" if "API server is unavailable" in check.message else ""
-    raise waits.WaitFailed(f"{prefix}{check.message}{hint}")
 
 
 @operation()
@@ -345,8 +307,8 @@ def pools_as_set(installation_yaml: str, timeout: float | None = None, lab=None)
     yield from _wait_op(
         "the IP pools as set (tigerastatus/ippools Available)",
         lab,
-        lambda api: _pools_probe(installation, api),
-        lambda api, log: _wait_pools(api, installation, timeout, log),
+        lambda api: waits.pools_probe(api, installation),
+        lambda api, log: waits.wait_pools(api, installation, timeout, log),
     )
 
 
@@ -356,19 +318,16 @@ def live_pool_problems(lab, installation_yaml: str, the_host=None) -> list[str]:
 
     Example: ``live_pool_problems(lab, render_manifest(lab, "installation"))`` →
     ``["calico_pool_block_size: 24 differs from the live IPPool default-ipv4-ippool ..."]``"""
-    the_host = the_host or host
-    try:
-        api = _connect(the_host, lab)
-    except KubeError:
-        return []
+    the_host = the_host if the_host is not None else ctx_host.get()
     try:
         installation = _installation(parse_manifest(installation_yaml)) or {}
-        return kpools.block_size_problems(kpools.plan_pools(installation, api.list(kpools.IPPOOL_API, "IPPool")))
+        live = kube_session(lab, the_host).list(kpools.IPPOOL_API, "IPPool")
+    except ApiUnreachable:
+        return []
     except KubeError as exc:
         the_host.log(f"cannot compare the pool settings with the cluster ({exc}); the Calico phase checks again")
         return []
-    finally:
-        api.close()
+    return kpools.block_size_problems(kpools.plan_pools(installation, live))
 
 
 def default_node_names(lab) -> list[str]:
@@ -384,7 +343,7 @@ def nodes_ready(names: list[str] | None = None, timeout: float | None = None, la
     yield from _wait_op(
         f"nodes {', '.join(names)} Ready",
         lab,
-        lambda api: waits.nodes_check(api.list("v1", "Node"), names),
+        lambda api: waits.nodes_probe(api, names),
         lambda api, log: waits.wait_nodes_ready(api, names, timeout, log, kubectl=kubectl_hint(lab)),
     )
 
@@ -408,23 +367,10 @@ def rolled_out(
     lab = _lab(lab)
     names = list(names)
     timeout = lab.timeout_rollout if timeout is None else timeout
-
-    def probe(api):
-        pending = []
-        for n in names:
-            dep = api.get("apps/v1", "Deployment", n, namespace)
-            if dep is None:
-                pending.append(f'deployment "{n}" not found')
-                continue
-            check = waits.rollout_status(dep)
-            if not check.done:
-                pending.append(check.message)
-        return waits.Check(not pending, "; ".join(pending) or "rolled out: " + ", ".join(names))
-
     yield from _wait_op(
         f"rollout of {', '.join(names)} -n {namespace}",
         lab,
-        probe,
+        lambda api: waits.rollouts_probe(api, namespace, names),
         lambda api, log: waits.wait_rollouts(
             api, namespace, names, timeout, log, kubectl=kubectl_hint(lab), image_setting=image_setting
         ),
@@ -434,41 +380,40 @@ def rolled_out(
 # --- HTTP answer (run on host1) --------------------------------------------------------------------
 
 
-def curl_command(url: str) -> StringCommand:
-    return StringCommand(f"curl -fsS --max-time {CURL_MAX_TIME} {shlex.quote(url)}")
+def curl_command(url: str, max_time: float = CURL_MAX_TIME) -> StringCommand:
+    return StringCommand(f"curl -fsS --max-time {max_time:g} {shlex.quote(url)}")
 
 
-def _curl(the_host, url: str) -> tuple[bool, str]:
+def _curl(the_host, url: str, max_time: float = CURL_MAX_TIME) -> tuple[bool, str]:
+    """(answered, page or curl's error). A connector that cannot run the command is ``Transient``."""
+    max_time = max(1, min(CURL_MAX_TIME, int(max_time)))
     try:
         ok, output = the_host.run_shell_command(
-            curl_command(url), print_output=False, print_input=False, _timeout=CURL_MAX_TIME + 10
+            curl_command(url, max_time), print_output=False, print_input=False, _timeout=max_time + 10
         )
-    except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}"
+    except (OSError, TimeoutError, PyinfraError) as exc:
+        raise Transient(f"cannot run curl on {the_host.name}: {type(exc).__name__}: {exc}") from exc
     text = getattr(output, "stdout", "") or ""
     if not ok:
         text = (getattr(output, "stderr", "") or text).strip()
     return bool(ok), text
 
 
+def _http_check(the_host, url: str, expect: str, remaining: float = CURL_MAX_TIME) -> Check:
+    ok, text = _curl(the_host, url, remaining)
+    if ok and waits.http_check(text, expect):
+        return Check(True, f"{url} answers with {expect!r}")
+    if ok:
+        return Check(False, f"{url} answered without {expect!r}")
+    return Check(False, f"curl {url}: {text.splitlines()[-1] if text else 'failed'}")
+
+
 def _wait_http(state, host, url: str, expect: str, timeout: float) -> bool:
-    step = f"check {url} answers"
-    detail = {"text": ""}
-
-    def probe():
-        ok, text = _curl(host, url)
-        detail["text"] = text
-        if ok and waits.http_check(text, expect):
-            return waits.Check(True, f"{url} answers with {expect!r}")
-        if ok:
-            return waits.Check(False, f"{url} answered without {expect!r}")
-        return waits.Check(False, f"curl {url}: {text.splitlines()[-1] if text else 'failed'}")
-
-    check = waits.Poller(f"{url} to answer", timeout, host.log).run(probe)
+    check = poll(f"{url} to answer", timeout, lambda remaining: _http_check(host, url, expect, remaining), host.log)
     if check.done:
         host.log(check.message)
         return True
-    return _error(host, step, f"{waits.TIMED_OUT} after {timeout:g}s: {check.message}")
+    return _error(host, f"check {url} answers", f"{waits.TIMED_OUT} after {timeout:g}s: {check.message}")
 
 
 @operation()
@@ -478,9 +423,12 @@ def http_answers(url: str, expect: str, timeout: float | None = None, lab=None):
     (default ``lab.timeout_app_answer``)."""
     if timeout is None:
         timeout = _lab(lab).timeout_app_answer
-    ok, text = _curl(host, url)
-    if ok and waits.http_check(text, expect):
-        host.noop(f"{url} answers with {expect!r}")
+    try:
+        check = _http_check(host, url, expect)
+    except Transient as exc:
+        check = Check(False, str(exc))
+    if check.done:
+        host.noop(check.message)
         return
     host.log(f"will wait up to {int(timeout)}s for {url} to answer with {expect!r}")
     yield FunctionCommand(_wait_http, (url, expect, timeout), {})

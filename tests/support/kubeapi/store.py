@@ -64,7 +64,9 @@ class Store:
         self.service_net = ipaddress.ip_network(service_cidr)
         self.crd_established_delay = crd_established_delay
         self.namespace_delete_delay = namespace_delete_delay
-        self.strict_conflicts = False   # True: SSA also conflicts with fields owned by Update (non-apply) managers
+        # True (like a real API server): SSA conflicts with every other manager's fields, Update ones included;
+        # False: only with other Apply managers
+        self.strict_conflicts = True
         self.resources: dict[tuple, Resource] = {}
         self.objects: dict[tuple, dict] = {}
         self.history: deque = deque(maxlen=50000)
@@ -407,8 +409,8 @@ class Store:
         owners, touched = self._owners(old), set()
         conflicts = []
         for e in owners:
-            if e["manager"] == manager or e.get("subresource") != subresource or (
-                    e["operation"] != "Apply" and not self.strict_conflicts):
+            # every other manager counts, whatever subresource it wrote through (`kubectl scale` owns spec.replicas)
+            if e["manager"] == manager or (e["operation"] != "Apply" and not self.strict_conflicts):
                 continue
             for p in sorted(paths & e["_paths"]):
                 if p[-1] != "." and M.get_path(old, p) != M.get_path(applied, p):
