@@ -16,8 +16,7 @@ from pyinfra.api import Config, Inventory, State, StringCommand
 from pyinfra.api.exceptions import ConnectError, InventoryError
 
 from calicolab import multipass as mp
-from calicolab.connectors import multipass as connector_module
-from calicolab.connectors.multipass import MultipassConnector
+from calicolab.connectors.multipass import MultipassConnector, VmNotRunning
 
 DATA = Path(__file__).parent / "data" / "multipass"
 
@@ -241,18 +240,35 @@ def test_phantom_mode_never_execs_in_prepare(monkeypatch, states):
     assert len(rec.lists) == 1
 
 
-def test_execute_on_stopped_vm_fails_cleanly(monkeypatch):
-    rec = Recorder({"control": "Stopped"})
+def executing_host(monkeypatch, states):
+    """A connected host whose deploy is executing, Multipass replaced by a recorder."""
+    rec = Recorder(states)
     monkeypatch.setattr(mp, "run_process", rec)
     state, host = make_host()
     host.connect(raise_exceptions=True)
     state.is_executing = True
+    return rec, host
+
+
+def test_execute_on_stopped_vm_fails_cleanly(monkeypatch):
+    rec, host = executing_host(monkeypatch, {"control": "Stopped"})
     ok, output = host.run_shell_command(StringCommand("true"))
     assert not ok
     assert output.stderr == "instance control is not running (state: Stopped)"  # pyinfra prints it
+    assert isinstance(output, VmNotRunning) and output.state == "Stopped"  # what operations look at
     assert rec.execs == []  # never relies on exec's auto-start
     assert len(rec.lists) == 2  # re-checked at execution time
     assert host.put_file(io.BytesIO(b"x"), "/tmp/x") is False
+
+
+def test_execute_when_the_daemon_stopped_answering_says_so_and_does_not_claim_the_vm_is_gone(monkeypatch):
+    rec, host = executing_host(monkeypatch, {"control": "Stopped"})
+    rec.list_result = (3, b"", b"list failed: cannot connect to the multipass socket")
+    ok, output = host.run_shell_command(StringCommand("true"))
+    assert not ok and isinstance(output, VmNotRunning) and output.state is None
+    assert "the Multipass daemon does not answer" in output.stderr
+    assert "does not exist" not in output.stderr
+    assert rec.execs == []
 
 
 def test_execute_after_launch_runs_normally(monkeypatch):
@@ -281,7 +297,6 @@ def test_execute_waits_for_starting_vm(monkeypatch):
         return rec(argv, stdin, timeout)
 
     monkeypatch.setattr(mp, "run_process", run)
-    monkeypatch.setattr(connector_module, "TRANSITION_POLL", 0)
     state, host = make_host()
     host.connect(raise_exceptions=True)
     state.is_executing = True
