@@ -141,6 +141,24 @@ def test_first_boot_command_exits_zero_whatever_cloud_init_says(tmp_path, rc):
     assert run_first_boot(first_boot_command(), env)["status"] == "error"
 
 
+def test_a_recoverable_error_is_done_whatever_the_exit_code(tmp_path):
+    # cloud-init 23.4+: "degraded done", exit 2 (Ubuntu's own packages keep exit 0)
+    env = fake_cloud_init(tmp_path, """cat <<'STATUS'
+status: done
+extended_status: degraded done
+boot_status_code: enabled-by-generator
+detail: DataSourceNoCloud [seed=/dev/sr0]
+errors: []
+recoverable_errors:
+WARNING:
+	- Unknown key 'frobnicate'
+STATUS
+exit 2
+""")
+    boot = run_first_boot(first_boot_command(wait=5), env)
+    assert boot["status"] == "done" and boot["extended_status"] == "degraded done"
+
+
 def test_the_wait_returns_when_cloud_init_finishes_and_gives_up_at_its_timeout(tmp_path):
     flag = tmp_path / "finished"
     # like cloud-init: --wait prints dots while it runs, then the status

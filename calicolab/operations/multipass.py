@@ -43,8 +43,8 @@ def _bin(multipass_bin: str | None) -> str:
     return value or mp.DEFAULT_BIN
 
 
-def _log(message: str, error: bool = False, warning: bool = False) -> None:
-    host.log(message, log_func=logger.error if error else logger.warning if warning else logger.info)
+def _log(message: str, error: bool = False) -> None:
+    host.log(message, log_func=logger.error if error else logger.info)
 
 
 def _workstation_instances(multipass_bin: str) -> dict[str, Any]:
