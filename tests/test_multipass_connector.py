@@ -156,6 +156,42 @@ def test_connect_daemon_down_any_exit_code(monkeypatch, rc):
     assert "cannot connect to the multipass socket" in info.value.args[0]
 
 
+def connect_run(monkeypatch, rec, names=("control", "node1", "node2", "host1")):
+    """Connect several hosts together, as pyinfra does, and return the State."""
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.state import StateStage
+
+    monkeypatch.setattr(mp, "run_process", rec)
+    state = State(Inventory(([f"@multipass/{n}" for n in names], {})), Config())
+    state.set_stage(StateStage.Connect)
+    connect_all(state)
+    return state
+
+
+def test_hosts_connecting_together_share_one_list_and_later_reads_are_fresh(monkeypatch):
+    rec = Recorder({"control": "Running", "node1": "Stopped"})
+    state = connect_run(monkeypatch, rec)
+    assert len(rec.lists) == 1
+    assert {h.name: h.connector_data["multipass_state"] for h in state.inventory} == {
+        "control": "Running", "node1": "Stopped", "node2": None, "host1": None}
+    state.is_executing = True
+    rec.states["node1"] = "Running"  # started by an earlier operation
+    ok, _ = state.inventory.get_host("node1").run_shell_command(StringCommand("true"))
+    assert ok and len(rec.lists) == 2
+
+
+def test_a_daemon_down_fails_every_connecting_host_with_the_cause(monkeypatch, caplog):
+    rec = Recorder()
+    rec.list_result = (2, b"", (DATA / "err_daemon_down.txt").read_bytes())
+    from pyinfra.api.exceptions import PyinfraError
+
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(PyinfraError, match="No hosts remaining"):
+        connect_run(monkeypatch, rec)
+    assert len(rec.lists) == 1
+    failed = [r.getMessage() for r in caplog.records if "the Multipass daemon does not answer" in r.getMessage()]
+    assert len(failed) == 4, "each host says why"
+
+
 def test_connect_other_failure_and_garbage(monkeypatch):
     rec = Recorder()
     monkeypatch.setattr(mp, "run_process", rec)

@@ -37,12 +37,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 import gevent
+from gevent.event import AsyncResult
 from typing_extensions import Unpack, override
 
 from pyinfra import logger
 from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.exceptions import ConnectError, InventoryError
 from pyinfra.api.output import echo
+from pyinfra.api.state import StateStage
 from pyinfra.api.util import get_file_io
 from pyinfra.connectors.base import BaseConnector, ConnectorData, DataMeta
 from pyinfra.connectors.util import (
@@ -151,14 +153,33 @@ class MultipassConnector(BaseConnector):
         except (TypeError, ValueError):
             return float(mp.DEFAULT_EXEC_TIMEOUT)
 
-    def _read_state(self, timeout: float = mp.LIST_TIMEOUT) -> str | None:
+    def _connect_listing(self) -> dict:
+        """One ``multipass list`` for all the hosts that connect together, kept on the run's State.
+
+        pyinfra connects every host at once; each asking Multipass for the same list would cost
+        a round trip to the daemon each. Only for the connect stage: later reads are fresh.
+        """
+        shared = self.state.__dict__.setdefault("calicolab_multipass_connect_lists", {})
+        listing = shared.get(self.multipass_bin)
+        if listing is None:
+            listing = shared[self.multipass_bin] = AsyncResult()
+            try:
+                listing.set(mp.list_instances(self.multipass_bin))
+            except mp.MultipassUnavailable as e:
+                listing.set_exception(e)
+        return listing.get()
+
+    def _read_state(self, timeout: float = mp.LIST_TIMEOUT, connecting: bool = False) -> str | None:
         """Current state of this instance according to ``multipass list`` (None = no such instance).
 
         Records it in ``connector_data["multipass_state"]``. Raises ``ConnectError`` naming the cause
         if Multipass is missing, the daemon does not answer or the output is not understood.
         """
         try:
-            instances = mp.list_instances(self.multipass_bin, timeout=min(float(timeout), mp.LIST_TIMEOUT))
+            if connecting and self.state.current_stage == StateStage.Connect:
+                instances = self._connect_listing()
+            else:
+                instances = mp.list_instances(self.multipass_bin, timeout=min(float(timeout), mp.LIST_TIMEOUT))
         except mp.MultipassUnavailable as e:
             raise ConnectError(str(e)) from e
         current = instances.get(self.instance)
@@ -214,7 +235,7 @@ class MultipassConnector(BaseConnector):
 
     @override
     def connect(self) -> None:
-        state = self._read_state()
+        state = self._read_state(connecting=True)
         if state is None:
             logger.warning(
                 f"{self.host.print_prefix}{self.instance} does not exist yet: "
