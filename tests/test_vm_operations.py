@@ -536,6 +536,16 @@ def test_a_daemon_down_after_a_launch_timeout_is_not_read_as_a_missing_vm(fake_m
     assert "state now: absent" not in caplog.text
 
 
+def test_teardown_from_a_vm_host_with_the_daemon_down_fails_with_the_cause(fake_mp, caplog):
+    fake_mp.set_states(node1="Running")
+    state, host = local_state(fake_mp, names=("@multipass/node1",))  # `--limit node1`: no @local
+    (fake_mp.dir / "daemon-down").touch()
+    add_op(state, ops.absent, names=["node1"], name="teardown")
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(PyinfraError, match="No hosts remaining"):
+        execute(state)
+    assert "cannot tell which of node1 exist: the Multipass daemon does not answer" in caplog.text
+
+
 def test_list_instances_names_the_cause_instead_of_answering_no_instances(fake_mp, tmp_path):
     fake_mp.set_states(node1="Running")
     assert mp.list_instances(fake_mp.bin)["node1"]["state"] == "Running"

@@ -27,7 +27,7 @@ from calicolab.facts.multipass import (
     first_boot_command,
     parse_first_boot,
 )
-from calicolab.operations.common import print_once
+from calicolab.operations.common import fail_with, print_once
 from calicolab.polling import Check, Transient, poll
 
 DEFAULT_LAUNCH_TIMEOUT = 900
@@ -113,7 +113,7 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
             return False
         for name in timed_out:
             vm_state = (current.get(name) or {}).get("state")
-            if vm_state in (mp.RUNNING, "Starting", "Restarting"):
+            if vm_state == mp.RUNNING or vm_state in mp.TRANSITIONAL_STATES:
                 host.log(
                     f"launch {name}: Multipass timed out waiting for initialisation but {name} is "
                     f"{vm_state}; continuing (cloud-init is waited for later)",
@@ -199,12 +199,6 @@ def _wait_answering(state, host, names: list[str], multipass_bin: str, timeout: 
     return False
 
 
-def _fail(state, host, messages: list[str]) -> bool:
-    for message in messages:
-        host.log(message, log_func=logger.error)
-    return False
-
-
 # --- operations --------------------------------------------------------------------------------
 
 
@@ -220,7 +214,7 @@ def _instances_commands(specs: list[mp.InstanceSpec], multipass_bin, launch_time
         return
 
     by_name = {spec.name: spec for spec in specs}
-    if not state.is_executing:  # at execution time _fail reports them
+    if not state.is_executing:  # at execution time the last command reports them
         for name, problem in plan.errors.items():
             _log(problem, error=True)
     if print_once():
@@ -244,7 +238,7 @@ def _instances_commands(specs: list[mp.InstanceSpec], multipass_bin, launch_time
         yield FunctionCommand(_run_each, ("cancel-stop", plan.cancel_stop, multipass_bin, 120), {})
     if plan.errors:
         # after the others were launched/started: one broken VM does not block the rest
-        yield FunctionCommand(_fail, ([plan.errors[n] for n in plan.errors],), {})
+        yield FunctionCommand(fail_with("\n".join(plan.errors.values())), (), {})
 
 
 @operation()
@@ -309,7 +303,7 @@ def absent(names: Iterable[str], multipass_bin: str | None = None):
     try:
         current = _workstation_instances(multipass_bin)
     except mp.MultipassUnavailable as e:
-        yield FunctionCommand(_fail, ([f"cannot tell which of {', '.join(names)} exist: {e}"],), {})
+        yield FunctionCommand(fail_with(f"cannot tell which of {', '.join(names)} exist: {e}"), (), {})
         return
     existing = [n for n in names if n in current]
     if not existing:
