@@ -1,10 +1,10 @@
 """Pure helpers for talking to the Multipass CLI.
 
 Everything here is side-effect free except :func:`run_process` and :func:`run_parallel`, the two
-places that start local subprocesses (the connector, the facts' callers and the operations all go
-through them, so tests can patch one function).
+places that start local subprocesses (the connector, the operations and :func:`list_instances` all
+go through them, so tests can patch one function).
 
-Shapes and messages follow Multipass 1.16 (lab-facts.md §11):
+Shapes and messages follow Multipass 1.16 (canonical/multipass ``src/client/cli/formatter``):
 
 * ``multipass list --format json`` -> ``{"list": [{"name", "state", "ipv4": [...], "release"}]}``;
   ``release`` is ``"20.04 LTS"`` before 1.11 and ``"Ubuntu 24.04 LTS"`` / ``"Not Available"`` since.
@@ -388,7 +388,8 @@ def clean_message(stdout: str | bytes = "", stderr: str | bytes = "") -> str:
 
 
 def classify_error(returncode: int | None, stdout: str | bytes = "", stderr: str | bytes = "") -> MultipassFailure:
-    """Classify a failed Multipass call by its message (exit codes are not reliable, lab-facts §11.6)."""
+    """Classify a failed Multipass call by its message: its exit codes do not tell the causes apart
+    (a daemon that does not answer exits 2 or 3 depending on the command)."""
     message = clean_message(stdout, stderr)
     for kind, pattern in _ERROR_PATTERNS:
         if pattern.search(message):

@@ -22,27 +22,11 @@ BOOT_FINISHED_PATH = "/var/lib/cloud/instance/boot-finished"
 FINGERPRINT_MISSING = "no-calicolab-fingerprint"
 
 
-class _JsonFact(FactBase):
-    """Joins stdout lines and turns parse problems into ``FactProcessError`` (a clean host failure)."""
-
-    abstract = True
-
-    def parse(self, text: str):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @override
-    def process(self, output):
-        try:
-            return self.parse("\n".join(output))
-        except (mp.MultipassOutputError, ValueError, TypeError, KeyError) as e:
-            raise FactProcessError(f"{self.name}: unexpected Multipass output: {e}") from e
-
-
 def _bin(multipass_bin: str | None) -> str:
     return mp.shell_join(mp.bin_argv(multipass_bin))
 
 
-class MultipassInstances(_JsonFact):
+class MultipassInstances(FactBase):
     """
     Returns every Multipass instance and its state, from ``multipass list --format json``.
 
@@ -59,8 +43,6 @@ class MultipassInstances(_JsonFact):
     while Multipass is not installed during Prepare.
     """
 
-    abstract = False
-
     @override
     @staticmethod
     def default():
@@ -74,8 +56,12 @@ class MultipassInstances(_JsonFact):
     def command(self, multipass_bin: str = mp.DEFAULT_BIN) -> str:
         return f"{_bin(multipass_bin)} list --format json"
 
-    def parse(self, text):
-        return mp.parse_list(text)
+    @override
+    def process(self, output):
+        try:
+            return mp.parse_list("\n".join(output))
+        except mp.MultipassOutputError as e:  # a clean host failure, not a traceback
+            raise FactProcessError(f"{self.name}: unexpected Multipass output: {e}") from e
 
 
 #: the line ``first_boot_command`` prints before cloud-init's own status lines
@@ -150,8 +136,6 @@ class FirstBoot(FactBase):
 
         {"status": "done", "fingerprint": "ddfe5587...", "extended_status": "done", "raw": "status: done\n..."}
     """
-
-    abstract = False
 
     @override
     @staticmethod
