@@ -34,14 +34,14 @@ from pyinfra.api.state import BaseStateCallback
 from calicolab import checks
 from calicolab.constants import CLIENT, SERVER
 from calicolab.multipass import (
-    MultipassOutputError,
+    MultipassUnavailable,
     bin_argv,
     exec_argv,
     list_argv,
-    parse_list,
     run_parallel,
     run_process,
 )
+from calicolab.multipass import list_instances as mp_list_instances
 from calicolab.render import render_all
 from calicolab.state import DIAGNOSTICS_DIR, FILE_MODE, FOLDER_MODE, MASK, SECRET_FILTER, LabState, mask, register_kubeconfig_secrets
 
@@ -133,21 +133,19 @@ class Bundle:
 
 
 def list_instances(lab) -> tuple[dict | None, str]:
-    """``multipass list`` parsed (:func:`calicolab.multipass.parse_list`), or ``(None, why)``."""
+    """``multipass list`` parsed (:func:`calicolab.multipass.list_instances`), or ``(None, why)``.
+
+    Example: ``list_instances(lab)`` -> ``(None, "the Multipass daemon does not answer: ...")``
+    """
     try:
-        result = run_process(list_argv(lab.multipass_bin), timeout=COMMAND_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        return None, str(exc)
-    if not result.ok:
-        return None, (result.text("stderr") or result.text()).strip()
-    try:
-        return parse_list(result.stdout), ""
-    except MultipassOutputError as exc:
+        return mp_list_instances(lab.multipass_bin, timeout=COMMAND_TIMEOUT), ""
+    except MultipassUnavailable as exc:
         return None, str(exc)
 
 
 def lab_exists(lab) -> bool:
-    """Whether there is anything to diagnose: the state folder or one of the lab's VMs."""
+    """Whether there is anything to diagnose: the state folder or one of the lab's VMs (when Multipass
+    cannot say, only the state folder counts: the run's own error already names Multipass' problem)."""
     if Path(lab.state_path).exists():
         return True
     instances, _ = list_instances(lab)

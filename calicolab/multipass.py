@@ -1,15 +1,13 @@
 """Pure helpers for talking to the Multipass CLI.
 
 Everything here is side-effect free except :func:`run_process` and :func:`run_parallel`, the two
-places that start local subprocesses (the connector, the facts' callers and the operations all go
-through them, so tests can patch one function).
+places that start local subprocesses (the connector, the operations and :func:`list_instances` all
+go through them, so tests can patch one function).
 
-Shapes and messages follow Multipass 1.16 (canonical/multipass ``tests/test_output_formatter.cpp``):
+Shapes and messages follow Multipass 1.16 (canonical/multipass ``src/client/cli/formatter``):
 
 * ``multipass list --format json`` -> ``{"list": [{"name", "state", "ipv4": [...], "release"}]}``;
   ``release`` is ``"20.04 LTS"`` before 1.11 and ``"Ubuntu 24.04 LTS"`` / ``"Not Available"`` since.
-* ``multipass info NAME --format json`` -> ``{"errors": [], "info": {NAME: {...}}}``: ``cpu_count`` and
-  disk sizes are strings, ``memory`` values are integers; a stopped instance has empty objects.
 * an unreachable daemon says ``cannot connect to the multipass socket`` (exit 2 or 3: match the text).
 """
 
@@ -99,10 +97,6 @@ def version_argv(multipass_bin: str | None = None) -> list[str]:
 
 def list_argv(multipass_bin: str | None = None) -> list[str]:
     return [*bin_argv(multipass_bin), "list", "--format", "json"]
-
-
-def info_argv(multipass_bin: str | None, name: str) -> list[str]:
-    return [*bin_argv(multipass_bin), "info", check_instance_name(name), "--format", "json"]
 
 
 def exec_argv(multipass_bin: str | None, name: str, remote_command: str) -> list[str]:
@@ -269,58 +263,6 @@ def version_tuple(version: str) -> tuple[int, int, int] | None:
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
-def release_version(release: str) -> str | None:
-    """``"Ubuntu 24.04 LTS"`` / ``"20.04 LTS"`` -> ``"24.04"`` / ``"20.04"``; ``"Not Available"`` -> None."""
-    match = re.search(r"\b(\d+\.\d+)(?:\.\d+)?\b", release or "")
-    return match.group(1) if match else None
-
-
-def parse_info(text: str | bytes) -> dict[str, dict[str, Any]]:
-    """Parse ``multipass info [NAME] --format json`` into ``{name: {...}}``.
-
-    Types are kept as Multipass prints them (``cpu_count`` and disk sizes strings, ``memory`` integers);
-    a stopped instance has ``disks: {"sda1": {}}``, ``memory: {}``, ``load: []``, ``ipv4: []``.
-    """
-    data = _load_json(text, "multipass info --format json")
-    if not isinstance(data, dict) or not isinstance(data.get("info"), dict):
-        raise MultipassOutputError('multipass info --format json: expected {"info": {...}}')
-    errors = data.get("errors") or []
-    if errors:
-        raise MultipassOutputError(f"multipass info --format json: errors: {errors!r}")
-    result: dict[str, dict[str, Any]] = {}
-    for name, info in data["info"].items():
-        if not isinstance(info, dict) or not isinstance(info.get("state"), str):
-            raise MultipassOutputError(f"multipass info --format json: {name}: no state")
-        memory = info.get("memory") or {}
-        if not isinstance(memory, dict) or not all(isinstance(v, int) for v in memory.values()):
-            raise MultipassOutputError(f"multipass info --format json: {name}: memory values must be integers")
-        disks = info.get("disks") or {}
-        if not isinstance(disks, dict) or not all(
-            isinstance(d, dict) and all(isinstance(v, str) for v in d.values()) for d in disks.values()
-        ):
-            raise MultipassOutputError(f"multipass info --format json: {name}: disk sizes must be strings")
-        cpu_count = info.get("cpu_count", "")
-        if not isinstance(cpu_count, str):
-            raise MultipassOutputError(f"multipass info --format json: {name}: cpu_count must be a string")
-        ipv4 = info.get("ipv4") or []
-        if not isinstance(ipv4, list):
-            raise MultipassOutputError(f"multipass info --format json: {name}: ipv4 is not a list")
-        result[name] = {
-            "state": info["state"],
-            "cpu_count": cpu_count,
-            "memory": dict(memory),
-            "disks": {disk: dict(values) for disk, values in disks.items()},
-            "ipv4": list(ipv4),
-            "load": list(info.get("load") or []),
-            "release": info.get("release", "") or "",
-            "image_release": info.get("image_release", "") or "",
-            "image_hash": info.get("image_hash", "") or "",
-            "mounts": dict(info.get("mounts") or {}),
-            "snapshot_count": info.get("snapshot_count", ""),
-        }
-    return result
-
-
 def parse_cloud_init_status(lines: Iterable[str]) -> dict[str, Any] | None:
     """Parse ``cloud-init status [--long]``: ``{"status", "extended_status", "detail", "errors",
     "error_list"}``; ``error_list`` holds the entries of the ``errors:`` block (``- ('module', Error(...))``)."""
@@ -446,7 +388,8 @@ def clean_message(stdout: str | bytes = "", stderr: str | bytes = "") -> str:
 
 
 def classify_error(returncode: int | None, stdout: str | bytes = "", stderr: str | bytes = "") -> MultipassFailure:
-    """Classify a failed Multipass call by its message (exit codes are not reliable: canonical/multipass ``client_common.cpp`` ``return_code_for``)."""
+    """Classify a failed Multipass call by its message: its exit codes do not tell the causes apart
+    (a daemon that does not answer exits 2 or 3 depending on the command)."""
     message = clean_message(stdout, stderr)
     for kind, pattern in _ERROR_PATTERNS:
         if pattern.search(message):
@@ -598,45 +541,31 @@ class InstancesPlan:
     launch: list[str] = field(default_factory=list)
     start: list[str] = field(default_factory=list)
     cancel_stop: list[str] = field(default_factory=list)
-    stop: list[str] = field(default_factory=list)
-    delete: list[str] = field(default_factory=list)
     ok: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def changes(self) -> bool:
-        return bool(self.launch or self.start or self.cancel_stop or self.stop or self.delete or self.errors)
+        return bool(self.launch or self.start or self.cancel_stop or self.errors)
 
 
-def plan_instances(
-    names: Iterable[str],
-    instances: Mapping[str, Mapping[str, Any]] | None,
-    present: bool = True,
-    running: bool = True,
-) -> InstancesPlan:
-    """Decide per instance what has to happen, from the ``MultipassInstances`` fact value."""
+def plan_instances(names: Iterable[str], instances: Mapping[str, Mapping[str, Any]] | None) -> InstancesPlan:
+    """Decide per instance what it takes to make it run, from the ``MultipassInstances`` fact value.
+
+    Example: ``plan_instances(["control", "node1"], {"node1": {"state": "Stopped"}})`` ->
+    ``InstancesPlan(launch=["control"], start=["node1"])``
+    """
     plan = InstancesPlan()
     instances = instances or {}
     for name in names:
         current = instances.get(name)
-        state = current.get("state") if current else None
-        if not present:
-            if current is None:
-                plan.ok.append(name)
-            else:
-                plan.delete.append(name)  # also purges Deleted ones
-            continue
         if current is None:
             plan.launch.append(name)
             continue
+        state = current.get("state")
         problem = state_problem(name, state)
         if problem:
             plan.errors[name] = problem
-        elif not running:
-            if state in (RUNNING, "Starting", "Restarting", "Delayed Shutdown"):
-                plan.stop.append(name)
-            else:
-                plan.ok.append(name)
         elif state == RUNNING:
             plan.ok.append(name)
         elif state == "Delayed Shutdown":
@@ -717,3 +646,38 @@ def run_parallel(
     greenlets = {key: gevent.spawn(_one, argv, stdin) for key, (argv, stdin) in jobs.items()}
     gevent.joinall(list(greenlets.values()))
     return {key: greenlet.value for key, greenlet in greenlets.items()}
+
+
+class MultipassUnavailable(Exception):
+    """``multipass list`` gave no answer to trust: not installed, daemon down, failed, or unreadable output.
+
+    The message says why and what to do; it never means "no instance exists".
+    """
+
+
+def list_instances(multipass_bin: str | None = None, timeout: float = LIST_TIMEOUT) -> dict[str, dict[str, Any]]:
+    """Every instance, from ``multipass list --format json`` (see :func:`parse_list`), read now.
+
+    Raises ``MultipassUnavailable`` naming the cause when Multipass cannot answer. The one place that
+    runs ``multipass list`` for the connector, the operations and the diagnosis.
+
+    Example: ``list_instances("multipass")`` -> ``{"control": {"state": "Running", "ipv4": [...], ...}}``
+    """
+    argv = list_argv(multipass_bin)
+    try:
+        result = run_process(argv, timeout=timeout)
+    except FileNotFoundError as e:
+        raise MultipassUnavailable(not_installed_hint(multipass_bin)) from e
+    except PermissionError as e:
+        raise MultipassUnavailable(f"cannot run {multipass_bin or DEFAULT_BIN!r}: {e}") from e
+    except TimeoutError as e:
+        raise MultipassUnavailable(f"`multipass list` did not answer within {timeout:.0f}s: {daemon_down_hint()}") from e
+    message = clean_message(result.stdout, result.stderr)
+    if DAEMON_DOWN_MARKER in message.lower():
+        raise MultipassUnavailable(f"{daemon_down_hint()} ({message})")
+    if not result.ok:
+        raise MultipassUnavailable(f"`multipass list` failed (exit {result.returncode}): {message}")
+    try:
+        return parse_list(result.stdout)
+    except MultipassOutputError as e:
+        raise MultipassUnavailable(str(e)) from e

@@ -63,7 +63,7 @@ class StopRun(CliError, PyinfraError):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        click.echo(f"calicolab: {self.message}", file=file, err=True)
+        click.echo(f"calicolab: {self.message}", file=file, err=True)  # stderr unless click names a file
 
 
 def cli_params() -> dict[str, Any]:

@@ -5,9 +5,10 @@ Call ``vms_running(lab)`` from the deploy on every host (it picks what to do per
 1. on the workstation (``@local``): launch the missing VMs in parallel with their rendered
    cloud-init, start stopped ones (one operation for all four);
 2. a barrier, so no VM operation starts before that;
-3. on each VM: wait for cloud-init, then warn if the VM was created from a different user-data,
-   judged by the fingerprint calicolab's user-data wrote into it (cloud-init only runs on first
-   boot; recreating is left to the user).
+3. on each VM (one operation, one command in the VM when nothing changed): wait for cloud-init,
+   and warn if the VM was created from a different user-data, judged by the fingerprint
+   calicolab's user-data wrote into it (cloud-init only runs on first boot; recreating is left to
+   the user).
 """
 
 from pyinfra import host, state
@@ -86,9 +87,6 @@ def vms_running(lab=None) -> None:
     if host.name in lab.vms:
         multipass.cloud_init_done(
             name="cloud-init finished",
-            timeout=lab.timeout_cloud_init,
-        )
-        multipass.user_data_current(
-            name="VM created from the current cloud-init",
             fingerprint=cloud_init_fingerprint(lab, host.name),
+            timeout=lab.timeout_cloud_init,
         )

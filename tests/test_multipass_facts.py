@@ -9,11 +9,9 @@ from pyinfra.api.exceptions import FactProcessError
 from calicolab import multipass as mp
 from calicolab.facts.multipass import (
     FINGERPRINT_MISSING,
-    CloudInitStatus,
-    CloudInitStatusLong,
-    MultipassInstanceInfo,
+    FirstBoot,
     MultipassInstances,
-    UserDataFingerprint,
+    first_boot_command,
 )
 
 DATA = Path(__file__).parent / "data" / "multipass"
@@ -49,17 +47,14 @@ def test_instances_old_release_format():
         "control": {"state": "Running", "ipv4": ["10.168.32.2", "198.19.0.1"], "release": "20.04 LTS"},
         "node1": {"state": "Stopped", "ipv4": [], "release": "20.04 LTS"},
     }
-    assert mp.release_version(result["control"]["release"]) == "20.04"
 
 
 def test_instances_new_release_format_and_extra_addresses():
     result = MultipassInstances().process(lines("list_lab_running.json"))
     assert set(result) == {"control", "node1", "node2", "host1", "primary"}
     assert result["control"]["release"] == "Ubuntu 24.04.1 LTS"
-    assert mp.release_version(result["control"]["release"]) == "24.04"
     # management address first, then every other global address (lab, Calico tunnel...)
     assert result["control"]["ipv4"] == ["10.80.0.11", "198.19.0.1", "198.19.16.128"]
-    assert mp.release_version("Not Available") is None
 
 
 def test_instances_every_state():
@@ -91,101 +86,6 @@ def test_instances_malformed_output_raises_fact_process_error(output, message):
         MultipassInstances().process(output)
 
 
-# --- MultipassInstanceInfo -----------------------------------------------------------------------
-
-
-def test_info_command_exits_zero_for_missing_instance(tmp_path):
-    import subprocess
-
-    fake = tmp_path / "multipass"
-    fake.write_text(
-        "#!/bin/sh\n"
-        f'if [ "$2" = control ]; then cat {DATA / "info_running.json"}; exit 0; fi\n'
-        f'if [ "$2" = nosuch ]; then cat {DATA / "err_info_missing.txt"} >&2; exit 2; fi\n'
-        "echo 'info failed: cannot connect to the multipass socket' >&2; exit 2\n"
-    )
-    fake.chmod(0o755)
-    fact = MultipassInstanceInfo()
-    run = lambda name: subprocess.run(  # noqa: E731
-        fact.command(instance=name, multipass_bin=str(fake)), shell=True, capture_output=True, text=True
-    )
-    missing = run("nosuch")
-    assert (missing.returncode, missing.stdout) == (0, "")
-    present = run("control")
-    assert present.returncode == 0
-    fact.command(instance="control", multipass_bin=str(fake))
-    assert fact.process(present.stdout.splitlines())["cpu_count"] == "2"
-    down = run("other")
-    assert down.returncode == 2 and "cannot connect" in down.stderr
-
-
-def test_info_rejects_bad_names():
-    with pytest.raises(ValueError):
-        MultipassInstanceInfo().command(instance="-rf")
-
-
-def test_info_running_types():
-    fact = MultipassInstanceInfo()
-    fact.command(instance="control")
-    info = fact.process(lines("info_running.json"))
-    assert info["state"] == "Running"
-    assert info["cpu_count"] == "2" and isinstance(info["cpu_count"], str)
-    assert info["memory"] == {"total": 2012659712, "used": 241172480}
-    assert info["disks"] == {"sda1": {"total": "10213466112", "used": "2147483648"}}
-    assert info["ipv4"] == ["10.80.0.11", "198.19.0.1"]
-    assert info["release"] == "Ubuntu 24.04.1 LTS"
-    assert info["image_release"] == "24.04 LTS"
-
-
-def test_info_old_shape_with_mounts():
-    fact = MultipassInstanceInfo()
-    fact.command(instance="foo")
-    info = fact.process(lines("info_old_running.json"))
-    assert info["memory"]["total"] == 1503238554
-    assert info["mounts"]["foo"]["source_path"] == "/home/user/foo"
-
-
-def test_info_stopped_shape():
-    fact = MultipassInstanceInfo()
-    fact.command(instance="node1")
-    info = fact.process(lines("info_stopped.json"))
-    assert info == {
-        "state": "Stopped",
-        "cpu_count": "",
-        "memory": {},
-        "disks": {"sda1": {}},
-        "ipv4": [],
-        "load": [],
-        "release": "",
-        "image_release": "24.04 LTS",
-        "image_hash": "b63f266fa4bdb146dee6f4a8a5b4f4a11b5a6c4b5b54a2f8d2b1e3c7e8f9a0b1",
-        "mounts": {},
-        "snapshot_count": "0",
-    }
-
-
-def test_info_other_instance_is_none():
-    fact = MultipassInstanceInfo()
-    fact.command(instance="node2")
-    assert fact.process(lines("info_stopped.json")) is None
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ('{"errors": [], "info": {"x": {"state": "Running", "memory": {"total": "1"}}}}', "memory"),
-        ('{"errors": [], "info": {"x": {"state": "Running", "disks": {"sda1": {"total": 5}}}}}', "disk"),
-        ('{"errors": [], "info": {"x": {"state": "Running", "cpu_count": 1}}}', "cpu_count"),
-        ('{"errors": ["boom"], "info": {}}', "errors"),
-        ('{"list": []}', "expected"),
-        ("", "empty"),
-    ],
-)
-def test_info_malformed(text, message):
-    with pytest.raises(FactProcessError, match=message):
-        MultipassInstanceInfo().process(text.splitlines() or [""])
-
-
 # --- cloud-init ----------------------------------------------------------------------------------
 
 
@@ -200,62 +100,91 @@ def test_info_malformed(text, message):
     ],
 )
 def test_cloud_init_status(name, status):
-    assert CloudInitStatus().process(lines(name)) == status
+    assert FirstBoot().process(lines(name))["status"] == status
 
 
 def test_cloud_init_status_long_fields():
-    result = CloudInitStatusLong().process(lines("cloud_init_status_long_error.txt"))
+    result = FirstBoot().process(lines("cloud_init_status_long_error.txt"))
     assert result["status"] == "error"
     assert result["extended_status"] == "error - done"
     assert "DataSourceNoCloud" in result["detail"]
     assert "Runparts" in result["raw"]
-    old = CloudInitStatusLong().process(lines("cloud_init_status_old_done.txt"))
+    old = FirstBoot().process(lines("cloud_init_status_old_done.txt"))
     assert old["detail"] == "DataSourceNoCloud [seed=/dev/sr0][dsmode=net]"
 
 
-def test_cloud_init_status_garbage():
-    with pytest.raises(FactProcessError):
-        CloudInitStatus().process(["sh: cloud-init: not found"])
+def test_no_status_line_means_no_status_not_a_guess():
+    assert FirstBoot().process(["sh: cloud-init: not found"])["status"] is None
+    assert FirstBoot().process([]) == {"status": None, "fingerprint": None, "raw": ""}
 
 
-def test_cloud_init_status_command_always_exits_zero(tmp_path):
-    import subprocess
-
+def fake_cloud_init(tmp_path, script):
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "cloud-init"
-    fake.write_text(f"#!/bin/sh\ncat {DATA / 'cloud_init_status_long_error.txt'}\nexit 1\n")
+    fake.write_text("#!/bin/sh\n" + script)
     fake.chmod(0o755)
-    result = subprocess.run(
-        CloudInitStatus().command(), shell=True, capture_output=True, text=True,
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
-    )
-    assert result.returncode == 0
-    assert CloudInitStatus().process(result.stdout.splitlines()) == "error"
-    assert CloudInitStatus().requires_command() == "cloud-init"
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
 
 
-def test_user_data_fingerprint_fact_reads_the_file_and_tells_missing_from_not_yet(tmp_path):
+def run_first_boot(command, env=None):
     import subprocess
 
-    fact = UserDataFingerprint()
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, "cloud-init's own exit code (1 error, 2 recoverable) must not fail the fact"
+    return FirstBoot().process(result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("rc", [1, 2])
+def test_first_boot_command_exits_zero_whatever_cloud_init_says(tmp_path, rc):
+    env = fake_cloud_init(tmp_path, f"cat {DATA / 'cloud_init_status_long_error.txt'}\nexit {rc}\n")
+    assert run_first_boot(first_boot_command(), env)["status"] == "error"
+
+
+def test_a_recoverable_error_is_done_whatever_the_exit_code(tmp_path):
+    # cloud-init 23.4+: "degraded done", exit 2 (Ubuntu's own packages keep exit 0)
+    env = fake_cloud_init(tmp_path, """cat <<'STATUS'
+status: done
+extended_status: degraded done
+boot_status_code: enabled-by-generator
+detail: DataSourceNoCloud [seed=/dev/sr0]
+errors: []
+recoverable_errors:
+WARNING:
+	- Unknown key 'frobnicate'
+STATUS
+exit 2
+""")
+    boot = run_first_boot(first_boot_command(wait=5), env)
+    assert boot["status"] == "done" and boot["extended_status"] == "degraded done"
+
+
+def test_the_wait_returns_when_cloud_init_finishes_and_gives_up_at_its_timeout(tmp_path):
+    flag = tmp_path / "finished"
+    # like cloud-init: --wait prints dots while it runs, then the status
+    env = fake_cloud_init(tmp_path, f"""case "$*" in *--wait*) while [ ! -e {flag} ]; do printf .; sleep 0.1; done; echo;; esac
+[ -e {flag} ] && cat {DATA / 'cloud_init_status_long_done.txt'} || cat {DATA / 'cloud_init_status_long_running.txt'}
+""")
+    assert run_first_boot(first_boot_command(), env)["status"] == "running"
+    gave_up = run_first_boot(first_boot_command(wait=1), env)
+    assert gave_up["status"] == "running", "ended by its timeout: cloud-init is still running"
+    flag.touch()
+    done = run_first_boot(first_boot_command(wait=30), env)
+    assert done["status"] == "done" and not done["raw"].startswith(".")
+
+
+def test_the_fingerprint_is_read_with_the_status_and_tells_missing_from_not_yet(tmp_path):
+    env = fake_cloud_init(tmp_path, f"cat {DATA / 'cloud_init_status_long_done.txt'}\n")
     target = tmp_path / "user-data.sha256"
-
-    def run(command):
-        result = subprocess.run(command, shell=True, capture_output=True, text=True)
-        assert result.returncode == 0
-        return fact.process(result.stdout.splitlines())
-
     finished = tmp_path / "boot-finished"
-    command = fact.command(path=str(target), boot_finished=str(finished))
-    assert run(command) is None, "first boot not finished: nothing to judge yet"
+    command = first_boot_command(path=str(target), boot_finished=str(finished))
+    assert run_first_boot(command, env)["fingerprint"] is None, "first boot not finished: nothing to judge yet"
     finished.touch()
-    assert run(command) == FINGERPRINT_MISSING, "finished without the file: an older VM"
+    assert run_first_boot(command, env)["fingerprint"] == FINGERPRINT_MISSING, "finished without the file: older VM"
     target.write_text("ab" * 32 + "\n")
-    assert run(command) == "ab" * 32
-    assert fact.command().startswith("if [ -f /etc/calicolab/user-data.sha256 ]")
-    assert "boot-finished" in fact.command() and FINGERPRINT_MISSING in fact.command()
-    assert fact.process([FINGERPRINT_MISSING]) == FINGERPRINT_MISSING
+    both = run_first_boot(command, env)
+    assert both["fingerprint"] == "ab" * 32 and both["status"] == "done"
+    assert "/etc/calicolab/user-data.sha256" in first_boot_command()
 
 
 # --- error classification ------------------------------------------------------------------------
@@ -321,14 +250,14 @@ def test_an_unknown_failure_still_says_what_to_try():
     ("cloud_init_status_old_error.txt", "bootcmd", 'ProcessExecutionError("Unexpected error while running command.'),
 ])
 def test_cloud_init_failed_module_is_found_in_new_and_old_status_output(file, module, error):
-    parsed = CloudInitStatusLong().process(lines(file))
+    parsed = FirstBoot().process(lines(file))
     modules = mp.cloud_init_failed_modules(parsed)
     assert [m for m, _ in modules] == [module]
     assert modules[0][1].startswith(error)
 
 
 def test_cloud_init_error_message_names_module_log_and_recreate_command():
-    parsed = CloudInitStatusLong().process(lines("cloud_init_status_long_error.txt"))
+    parsed = FirstBoot().process(lines("cloud_init_status_long_error.txt"))
     text = mp.cloud_init_error_message("node2", parsed)
     first, *rest = text.splitlines()
     assert first == ("cloud-init failed in node2 (status: error), module scripts_user (the runcmd commands): "
@@ -337,5 +266,5 @@ def test_cloud_init_error_message_names_module_log_and_recreate_command():
     assert rest[-1] == ("Next: fix the cause (a setting or the network), then cloud-init runs only on a VM's first "
                         "boot: recreate node2 with `multipass delete --purge node2`, then re-run the deploy "
                         "(it launches node2 again)")
-    done = CloudInitStatusLong().process(lines("cloud_init_status_long_done.txt"))
+    done = FirstBoot().process(lines("cloud_init_status_long_done.txt"))
     assert mp.cloud_init_failed_modules(done) == []

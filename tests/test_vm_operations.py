@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 import textwrap
 import types
@@ -86,18 +87,11 @@ def instances_fact(**states):
     return {"MultipassInstances": {n: {"state": s, "ipv4": [], "release": ""} for n, s in states.items()}}
 
 
-def test_all_missing_launches_all_in_one_command():
+def test_all_missing_are_planned_for_launch_with_the_configured_client():
     host = FakeHost(instances_fact(), data={"multipass_bin": "/snap/bin/multipass"})
-    commands = run_body(ops.instances, host, specs=SPECS, launch_timeout=600)
-    assert len(commands) == 1
-    (command,) = commands
-    assert isinstance(command, FunctionCommand)
-    assert command.function is ops._launch_all
-    launched, multipass_bin, timeout = command.args
-    assert [s.name for s in launched] == ["control", "node1", "node2", "host1"]
-    assert (multipass_bin, timeout) == ("/snap/bin/multipass", 600)
+    assert run_body(ops.instances, host, specs=SPECS, launch_timeout=600)
     assert host.fact_calls == [("MultipassInstances", {"multipass_bin": "/snap/bin/multipass"})]
-    assert any("control will be launched" in line for line in host.logs)
+    assert [line.split(" will be launched")[0] for line in host.logs] == ["control", "node1", "node2", "host1"]
 
 
 def test_dict_specs_and_diff_shows_cloud_init(caplog):
@@ -105,8 +99,8 @@ def test_dict_specs_and_diff_shows_cloud_init(caplog):
     specs = [dict(name=s.name, image=s.image, cpus=s.cpus, memory=s.memory, disk=s.disk, cloud_init=s.cloud_init)
              for s in SPECS]
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        commands = run_body(ops.instances, host, FakeState(diff=True), specs=specs)
-    assert [s.name for s in commands[0].args[0]] == ["host1"]
+        assert run_body(ops.instances, host, FakeState(diff=True), specs=specs)
+    assert [line.split(" will be launched")[0] for line in host.logs] == ["host1"]
     assert "host1 cloud-init + hostname: host1" in caplog.text
 
 
@@ -117,89 +111,12 @@ def test_running_is_noop():
     assert host.noops == ["Multipass instances control, node1, node2, host1 are running"]
 
 
-@pytest.mark.parametrize("stopped_state", ["Stopped", "Suspended", "Suspending", "Starting"])
-def test_stopped_are_started_missing_launched(stopped_state):
-    host = FakeHost(instances_fact(control="Running", node1=stopped_state, node2="Stopped"))
-    commands = run_body(ops.instances, host, specs=SPECS)
-    assert [c.function for c in commands] == [ops._launch_all, ops._run_each, ops._wait_answering]
-    assert [s.name for s in commands[0].args[0]] == ["host1"]
-    assert commands[1].args[:2] == ("start", ["node1", "node2"])
-    assert commands[2].args[0] == ["node1", "node2"]
-
-
-def test_started_vms_are_waited_for_until_they_answer(monkeypatch):
-    monkeypatch.setattr(ops, "ANSWER_POLL", 0)
-    asleep = mp.ProcessResult([], 2, b"", b"exec failed: ssh connection failed: 'Timeout connecting to 10.0.0.3'")
-    awake = mp.ProcessResult([], 0, b"", b"")
-    answers = [{"node1": awake, "node2": asleep}, {"node2": awake}]
-    asked = []
-
-    def run_parallel(jobs, timeout=None):
-        asked.append({name: argv[-4:] for name, (argv, _) in jobs.items()})
-        return answers.pop(0)
-
-    monkeypatch.setattr(ops.mp, "run_parallel", run_parallel)
-    host = FakeHost()
-    assert ops._wait_answering(None, host, ["node1", "node2"], "multipass", timeout=60) is True
-    assert asked == [{"node1": ["--", "sh", "-c", "true"], "node2": ["--", "sh", "-c", "true"]},
-                     {"node2": ["--", "sh", "-c", "true"]}]
-    assert "waiting for node2 to answer (exec failed: ssh connection failed" in host.logs[0]
-
-    monkeypatch.setattr(ops.mp, "run_parallel", lambda jobs, timeout=None: {"node2": asleep})
-    never = FakeHost()
-    assert ops._wait_answering(None, never, ["node2"], "multipass", timeout=0) is False
-    assert "node2 was started but does not answer `multipass exec` after 0s" in never.logs[-1]
-    assert "Timeout connecting to 10.0.0.3" in never.logs[-1]
-
-
-def test_delayed_shutdown_is_cancelled():
-    host = FakeHost(instances_fact(control="Delayed Shutdown", node1="Running", node2="Running", host1="Running"))
-    commands = run_body(ops.instances, host, specs=SPECS)
-    assert commands[0].args[:2] == ("cancel-stop", ["control"])
-
-
-@pytest.mark.parametrize(
-    "bad_state, text",
-    [
-        ("Deleted", "multipass recover node2"),
-        ("Unknown", "restart the Multipass daemon"),
-        ("Unavailable", "restart the Multipass daemon"),
-    ],
-)
-def test_deleted_and_unknown_fail_cleanly(bad_state, text):
-    host = FakeHost(instances_fact(control="Stopped", node2=bad_state))
-    commands = run_body(ops.instances, host, specs=SPECS)
-    # the others are still launched/started; a last FunctionCommand fails with the explanation
-    assert [c.function for c in commands] == [ops._launch_all, ops._run_each, ops._wait_answering, ops._fail]
-    assert [s.name for s in commands[0].args[0]] == ["node1", "host1"]
-    assert commands[1].args[:2] == ("start", ["control"])
-    (messages,) = commands[-1].args
-    assert any(text in m and "node2" in m for m in messages)
-    assert any(text in line for line in host.logs)  # also shown in the plan
-    fake = FakeHost()
-    assert ops._fail(None, fake, messages) is False
-    assert fake.logs == messages
-
-
 def test_messages_printed_once_per_run():
     host = FakeHost(instances_fact())
     run_body(ops.instances, host, FakeState(executing=True, check=True), specs=SPECS)
     assert host.logs == []  # already shown in Prepare
     run_body(ops.instances, host, FakeState(executing=True, check=False), specs=SPECS)
     assert host.logs  # -y: Prepare skipped the body
-
-
-def test_instance_single_and_stop_and_delete():
-    host = FakeHost(instances_fact(control="Running"))
-    commands = run_body(ops.instance, host, instance_name="control", image="24.04", cpus=2, memory="2G",
-                        disk="10G", cloud_init="#cloud-config\n", running=False)
-    assert commands[0].args[:2] == ("stop", ["control"])
-    commands = run_body(ops.instance, host, instance_name="control", image="24.04", cpus=2, memory="2G",
-                        disk="10G", cloud_init="#cloud-config\n", present=False)
-    assert commands[0].args[:2] == ("delete", ["control"])
-    missing = FakeHost(instances_fact())
-    assert run_body(ops.instance, missing, instance_name="control", image="24.04", cpus=2, memory="2G",
-                    disk="10G", cloud_init="", present=False) == []
 
 
 def test_bad_specs_are_rejected():
@@ -211,11 +128,7 @@ def test_bad_specs_are_rejected():
         run_body(ops.instances, FakeHost(instances_fact()), specs=[SPECS[0], SPECS[0]])
 
 
-def test_absent_deletes_only_named_existing_instances():
-    host = FakeHost(instances_fact(control="Running", node1="Deleted", mine="Running"))
-    commands = run_body(ops.absent, host, names=["control", "node1", "node2", "host1"])
-    assert len(commands) == 1
-    assert commands[0].args[:2] == ("delete", ["control", "node1"])
+def test_absent_with_nothing_to_delete_is_no_change():
     none_left = FakeHost(instances_fact(mine="Running"))
     assert run_body(ops.absent, none_left, names=["control"]) == []
     assert none_left.noops
@@ -226,8 +139,7 @@ def test_absent_from_a_vm_host_asks_the_workstation():
     vm = FakeHost({}, name="node1")
     fake_state = FakeState()
     fake_state.inventory = types.SimpleNamespace(get_host=lambda name, default=None: local)
-    commands = run_body(ops.absent, vm, fake_state, names=["node1"])
-    assert commands[0].args[:2] == ("delete", ["node1"])
+    assert run_body(ops.absent, vm, fake_state, names=["node1"])
     assert vm.fact_calls == [] and local.fact_calls
 
 
@@ -242,82 +154,6 @@ def test_launch_argv():
 
 
 # --- cloud-init waits and drift -----------------------------------------------------------------------
-
-
-def shell_output(name, ok=True):
-    lines = (DATA / name).read_text().splitlines()
-    return ok, CommandOutput([OutputLine("stdout", line) for line in lines])
-
-
-def test_cloud_init_done_decisions():
-    done = FakeHost({"CloudInitStatus": "done"}, name="node1")
-    assert run_body(ops.cloud_init_done, done, timeout=10) == []
-    assert done.noops == ["cloud-init is done"]
-    for status in ("running", None, "error"):
-        host = FakeHost({"CloudInitStatus": status}, name="node1")
-        (command,) = run_body(ops.cloud_init_done, host, timeout=10)
-        assert command.function is ops._wait_cloud_init and command.args == (10,)
-
-
-def test_wait_cloud_init_polls_until_done(monkeypatch):
-    monkeypatch.setattr(ops, "CLOUD_INIT_POLL", 0)
-    host = FakeHost(name="node1", shell=[
-        (False, CommandOutput([OutputLine("stderr", "exec failed: ssh connection closed")])),
-        TimeoutError("exec hung"),
-        shell_output("cloud_init_status_long_running.txt"),
-        shell_output("cloud_init_status_long_done.txt"),
-    ])
-    assert ops._wait_cloud_init(None, host, timeout=60) is True
-    assert host.shell == []
-
-
-def test_wait_cloud_init_fails_fast_when_vm_is_not_running(monkeypatch):
-    monkeypatch.setattr(ops, "CLOUD_INIT_POLL", 0)
-    host = FakeHost(name="node1", shell=[
-        (False, CommandOutput([OutputLine("stderr", "instance node1 is not running (state: Deleted)")])),
-    ])
-    assert ops._wait_cloud_init(None, host, timeout=900) is False
-    assert "cannot wait for cloud-init: instance node1 is not running (state: Deleted)" in host.logs[-1]
-
-
-def test_wait_cloud_init_error_shows_long_status(monkeypatch):
-    monkeypatch.setattr(ops, "CLOUD_INIT_POLL", 0)
-    host = FakeHost(name="node1", shell=[shell_output("cloud_init_status_long_error.txt")])
-    assert ops._wait_cloud_init(None, host, timeout=60) is False
-    (message,) = host.logs
-    assert "cloud-init failed in node1 (status: error)" in message
-    assert "Runparts: 1 failures" in message
-
-
-def test_wait_cloud_init_times_out_naming_vm_and_status(monkeypatch):
-    monkeypatch.setattr(ops, "CLOUD_INIT_POLL", 0)
-    host = FakeHost(name="host1", shell=[shell_output("cloud_init_status_long_running.txt")] * 50)
-    assert ops._wait_cloud_init(None, host, timeout=0) is False
-    assert "cloud-init in host1 not done after 0s (last status: running)" in host.logs[-1]
-
-
-def test_user_data_drift_is_judged_by_the_fingerprint_and_warns_never_recreates():
-    wanted = "ab" * 32
-    same = FakeHost({"UserDataFingerprint": wanted}, name="node1")
-    assert run_body(ops.user_data_current, same, fingerprint=wanted) == []
-    assert same.logs == [] and same.noops == ["user-data unchanged"]
-
-    drifted = FakeHost({"UserDataFingerprint": "cd" * 32}, name="node1")
-    assert run_body(ops.user_data_current, drifted, fingerprint=wanted) == []
-    (warning,) = drifted.logs
-    assert "node1 was created from a different cloud-init user-data" in warning
-    assert "pyinfra inventory.py teardown.py --limit node1" in warning
-    assert "multipass delete --purge node1" in warning
-
-    older = FakeHost({"UserDataFingerprint": FINGERPRINT_MISSING}, name="node1")
-    assert run_body(ops.user_data_current, older, fingerprint=wanted) == []
-    (note,) = older.logs
-    assert "node1 has no calicolab fingerprint (/etc/calicolab/user-data.sha256)" in note
-    assert "teardown.py --limit node1" in note and "different cloud-init" not in note
-
-    phantom = FakeHost({"UserDataFingerprint": None}, name="node1")
-    assert run_body(ops.user_data_current, phantom, fingerprint=wanted) == []
-    assert phantom.logs == []
 
 
 def test_barrier_is_a_noop():
@@ -351,6 +187,9 @@ def log(*items):
 args = sys.argv[1:]
 log("call", args)
 names = [a for a in args[1:] if not a.startswith("-") and not a.isdigit()]
+if os.path.exists(path("daemon-down")):
+    sys.stderr.write("list failed: cannot connect to the multipass socket\n")
+    sys.exit(3)
 if args[0] == "list":
     state = with_state()
     print(json.dumps({{"list": [{{"name": n, "state": s, "ipv4": [], "release": "Ubuntu 24.04 LTS"}}
@@ -361,7 +200,12 @@ elif args[0] == "launch":
     log("launch-start", name)
     time.sleep(float(open(path("sleep")).read()) if os.path.exists(path("sleep")) else 0.3)
     if os.path.exists(path("fail-" + name)):
-        sys.stderr.write(open(path("fail-" + name)).read())
+        message = open(path("fail-" + name)).read()
+        if "timed out" in message:  # canonical/multipass#1757: gave up, but the VM runs
+            with_state(lambda s: s.__setitem__(name, "Running"))
+        if os.path.exists(path("down-after-launch")):
+            open(path("daemon-down"), "w").close()
+        sys.stderr.write(message)
         log("launch-end", name)
         sys.exit(2)
     with_state(lambda s: s.__setitem__(name, "Running"))
@@ -369,10 +213,22 @@ elif args[0] == "launch":
     print("Launched: " + name)
 elif args[0] == "start":
     with_state(lambda s: s.update({{n: "Running" for n in names}}))
+elif args[0] == "stop" and "--cancel" in args:
+    with_state(lambda s: s.update({{n: "Running" for n in names}}))
 elif args[0] == "delete":
     with_state(lambda s: [s.pop(n, None) for n in names])
 elif args[0] == "exec":
-    pass  # every VM answers
+    name = args[1]
+    asleep = path("asleep-" + name)  # how many more times exec fails, like a VM whose sshd is not up yet
+    if os.path.exists(asleep):
+        left = int(open(asleep).read())
+        if left > 0:
+            open(asleep, "w").write(str(left - 1))
+            sys.stderr.write("exec failed: ssh connection failed: 'Timeout connecting to 10.0.0.3'\n")
+            sys.exit(2)
+    command = args[args.index("--") + 1:]
+    env = dict(os.environ, PATH=path("bin") + ":" + os.environ["PATH"], VM=name)
+    os.execvpe(command[0], command, env)  # runs here, with a fake cloud-init first on PATH
 else:
     sys.stderr.write("unsupported\n")
     sys.exit(9)
@@ -406,13 +262,202 @@ def fake_mp(tmp_path):
     return Fake()
 
 
-def local_state(fake_mp):
-    inventory = Inventory((["@local"], {"multipass_bin": fake_mp.bin}))
+def local_state(fake_mp, names=("@local",)):
+    inventory = Inventory((list(names), {"multipass_bin": fake_mp.bin}))
     state = State(inventory, Config())
     state.set_stage(StateStage.Connect)
     connect_all(state)
     state.set_stage(StateStage.Prepare)
-    return state, inventory.get_host("@local")
+    return state, inventory.get_host(names[0].split("/")[-1])
+
+
+def execute(state):
+    state.set_stage(StateStage.Execute)
+    run_ops(state)
+
+
+@pytest.mark.parametrize("stopped_state", ["Stopped", "Suspended", "Suspending", "Starting"])
+def test_stopped_are_started_and_waited_for_missing_launched(fake_mp, stopped_state):
+    fake_mp.set_states(control="Running", node1=stopped_state, node2="Stopped")
+    state, host = local_state(fake_mp)
+    add_op(state, ops.instances, specs=SPECS, name="Lab VMs")
+    execute(state)
+    assert state.results[host].success_ops == 1
+    assert fake_mp.states() == {n: "Running" for n in ("control", "node1", "node2", "host1")}
+    calls = [e[2] for e in fake_mp.calls() if e[1] == "call"]
+    assert [c[c.index("-n") + 1] for c in calls if c[0] == "launch"] == ["host1"]
+    assert sorted(c[-1] for c in calls if c[0] == "start") == ["node1", "node2"]
+    assert sorted(c[1] for c in calls if c[0] == "exec") == ["node1", "node2"]  # each answers once started
+
+
+def test_started_vms_are_waited_for_until_they_answer(fake_mp, caplog):
+    fake_mp.set_states(control="Running", node1="Suspended", node2="Running", host1="Running")
+    (fake_mp.dir / "asleep-node1").write_text("2")  # resumed, sshd not up for two tries
+    state, host = local_state(fake_mp)
+    add_op(state, ops.instances, specs=SPECS, name="Lab VMs")
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        execute(state)
+    assert state.results[host].success_ops == 1
+    assert [e[2][1] for e in fake_mp.calls() if e[1] == "call" and e[2][0] == "exec"] == ["node1"] * 3
+    assert "waiting for node1 to answer" in caplog.text and "Timeout connecting to 10.0.0.3" in caplog.text
+
+
+def test_a_started_vm_that_never_answers_fails_naming_it(fake_mp, caplog):
+    fake_mp.set_states(control="Running", node1="Running", node2="Suspended", host1="Running")
+    (fake_mp.dir / "asleep-node2").write_text("1000")
+    state, host = local_state(fake_mp)
+    add_op(state, ops.instances, specs=SPECS, name="Lab VMs", launch_timeout=1)
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(PyinfraError, match="No hosts remaining"):
+        execute(state)
+    assert "node2 was started but does not answer `multipass exec` after 1s" in caplog.text
+    assert "Timeout connecting to 10.0.0.3" in caplog.text
+
+
+def test_delayed_shutdown_is_cancelled(fake_mp):
+    fake_mp.set_states(control="Delayed Shutdown", node1="Running", node2="Running", host1="Running")
+    state, host = local_state(fake_mp)
+    add_op(state, ops.instances, specs=SPECS, name="Lab VMs")
+    execute(state)
+    assert ["stop", "--cancel", "control"] in [e[2] for e in fake_mp.calls() if e[1] == "call"]
+    assert fake_mp.states()["control"] == "Running"
+
+
+@pytest.mark.parametrize(
+    "bad_state, text",
+    [
+        ("Deleted", "multipass recover node2"),
+        ("Unknown", "restart the Multipass daemon"),
+        ("Unavailable", "restart the Multipass daemon"),
+    ],
+)
+def test_deleted_and_unknown_fail_cleanly_after_the_others_run(fake_mp, caplog, bad_state, text):
+    fake_mp.set_states(control="Stopped", node2=bad_state)
+    state, host = local_state(fake_mp)
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        add_op(state, ops.instances, specs=SPECS, name="Lab VMs")
+    assert text in caplog.text  # shown in the plan
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(PyinfraError, match="No hosts remaining"):
+        execute(state)
+    assert text in caplog.text and "node2" in caplog.text
+    assert fake_mp.states() == {"control": "Running", "node1": "Running", "node2": bad_state, "host1": "Running"}
+
+
+# --- the cloud-init wait, through the @multipass connector and the fake (its exec runs the command here) -----
+
+WANTED = "ab" * 32
+
+
+@pytest.fixture
+def vm_cloud_init(fake_mp, request):
+    """A fake `cloud-init` that the fake exec finds first on PATH: it prints ci-status (a recorded
+    `cloud-init status --long`), and with --wait blocks until ci-finished exists, like cloud-init."""
+    bin_dir = fake_mp.dir / "bin"
+    bin_dir.mkdir()
+    status, finished = fake_mp.dir / "ci-status", fake_mp.dir / "ci-finished"
+    script = bin_dir / "cloud-init"
+    script.write_text(f"""#!/bin/sh
+case "$*" in *--wait*) while [ ! -e {finished} ]; do printf .; sleep 0.05; done; echo;; esac
+cat {status}
+""")
+    script.chmod(0o755)
+
+    class CloudInit:
+        def shows(self, name, finished_now=True):
+            status.write_text((DATA / name).read_text())
+            if finished_now:
+                finished.touch()
+
+        def finishes_later(self, name, after):
+            finisher = subprocess.Popen(["sh", "-c", f"sleep {after}; cp {DATA / name} {status}; touch {finished}"])
+            request.addfinalizer(lambda: (finisher.kill(), finisher.wait()))
+
+    return CloudInit()
+
+
+def run_cloud_init_done(fake_mp, timeout=30):
+    state, host = local_state(fake_mp, names=("@multipass/node1",))
+    add_op(state, ops.cloud_init_done, fingerprint=WANTED, timeout=timeout, name="cloud-init finished")
+    execute(state)
+    return state, host
+
+
+def test_cloud_init_done_is_no_change_when_done(fake_mp, vm_cloud_init):
+    fake_mp.set_states(node1="Running")
+    vm_cloud_init.shows("cloud_init_status_long_done.txt")
+    state, host = local_state(fake_mp, names=("@multipass/node1",))
+    meta = add_op(state, ops.cloud_init_done, fingerprint=WANTED, name="cloud-init finished")[host]
+    assert not meta.will_change
+
+
+def test_the_wait_ends_when_cloud_init_finishes_and_rides_out_a_vm_that_does_not_answer(fake_mp, vm_cloud_init, caplog):
+    fake_mp.set_states(node1="Running")
+    vm_cloud_init.shows("cloud_init_status_long_running.txt", finished_now=False)
+    vm_cloud_init.finishes_later("cloud_init_status_long_done.txt", after=1)
+    state, host = local_state(fake_mp, names=("@multipass/node1",))
+    add_op(state, ops.cloud_init_done, fingerprint=WANTED, timeout=60, name="cloud-init finished")
+    (fake_mp.dir / "asleep-node1").write_text("2")  # the VM reboots: two tries fail
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        execute(state)
+    assert state.results[host].success_ops == 1 and state.results[host].error_ops == 0
+    assert "cloud-init finished" in caplog.text and "node1 does not answer: exec failed" in caplog.text
+    waits = [c for c in fake_mp.calls() if c[1] == "call" and c[2][0] == "exec" and "--wait" in c[2][-1]]
+    # the fact at execution and the first wait found no answer; the next one waited until cloud-init
+    # finished (one command, no polling of the status)
+    assert len(waits) == 2
+
+
+@pytest.mark.parametrize("state_name, status, timeout, expected", [
+    ("Running", "cloud_init_status_long_error.txt", 30,
+     ["cloud-init failed in node1 (status: error), module scripts_user (the runcmd commands)",
+      "Runparts: 1 failures"]),
+    ("Running", "cloud_init_status_long_running.txt", 2,
+     ["cloud-init in node1 not done after 2s (last status: running)", "Raise timeout_cloud_init"]),
+    ("Stopped", "cloud_init_status_long_running.txt", 600, ["instance node1 is not running (state: Stopped)"]),
+])
+def test_the_wait_fails_naming_the_vm_and_the_cause(fake_mp, vm_cloud_init, caplog, state_name, status, timeout,
+                                                     expected):
+    fake_mp.set_states(node1=state_name)
+    vm_cloud_init.shows(status, finished_now="error" in status)
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(PyinfraError, match="No hosts remaining"):
+        run_cloud_init_done(fake_mp, timeout=timeout)
+    assert all(text in caplog.text for text in expected)
+    if state_name == "Stopped":  # at once, and never starting it through exec
+        assert not [c for c in fake_mp.calls() if c[1] == "call" and c[2][0] == "exec"]
+
+
+def fingerprint_file_in_vm(fake_mp, text):
+    """The fake exec runs here: point the command's fingerprint path at a file of the test's."""
+    target = fake_mp.dir / "user-data.sha256"
+    if text is not None:
+        target.write_text(text)
+    return str(target)
+
+
+@pytest.mark.parametrize("stored, expected", [
+    (WANTED, []),
+    ("cd" * 32, ["node1 was created from a different cloud-init user-data", "teardown.py --limit node1",
+                 "multipass delete --purge node1"]),
+])
+def test_user_data_drift_is_judged_by_the_fingerprint_and_warns_never_recreates(
+        fake_mp, vm_cloud_init, caplog, monkeypatch, stored, expected):
+    import calicolab.facts.multipass as facts
+
+    fake_mp.set_states(node1="Running")
+    vm_cloud_init.shows("cloud_init_status_long_done.txt")
+    monkeypatch.setattr(facts, "USER_DATA_FINGERPRINT_PATH", fingerprint_file_in_vm(fake_mp, stored))
+    monkeypatch.setattr(facts.first_boot_command, "__defaults__",
+                        (None, facts.USER_DATA_FINGERPRINT_PATH, facts.BOOT_FINISHED_PATH))
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        state, host = run_cloud_init_done(fake_mp)
+    assert state.results[host].error_ops == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "user-data" in r.getMessage()]
+    if not expected:
+        assert warnings == []
+    else:
+        (warning,) = warnings
+        assert all(text in warning for text in expected)
+    assert [c for c in fake_mp.calls() if c[1] == "call" and c[2][0] == "launch"] == []  # never recreates
 
 
 def test_prepare_only_reads(fake_mp):
@@ -469,12 +514,46 @@ def test_launch_failure_names_vm_and_message(fake_mp, caplog):
 
 
 def test_launch_timeout_with_running_vm_is_tolerated(fake_mp, caplog):
+    # the VM runs although launch gave up (canonical/multipass#1757)
     (fake_mp.dir / "fail-node1").write_text((DATA / "err_launch_timeout.txt").read_text())
-    fake_mp.set_states(node1="Running")  # the VM exists although launch gave up (multipass#1757)
     state, host = local_state(fake_mp)
-    with ctx_state.use(state), ctx_host.use(host):
-        ok = ops._launch_all(state, host, [spec("node1")], fake_mp.bin, 60)
-    assert ok
+    add_op(state, ops.instances, specs=[spec("node1")], name="Lab VMs")
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        execute(state)
+    assert state.results[host].success_ops == 1
+    assert "Multipass timed out waiting for initialisation but node1 is Running; continuing" in caplog.text
+
+
+def test_a_daemon_down_after_a_launch_timeout_is_not_read_as_a_missing_vm(fake_mp, caplog):
+    (fake_mp.dir / "fail-node1").write_text((DATA / "err_launch_timeout.txt").read_text())
+    (fake_mp.dir / "down-after-launch").touch()
+    state, host = local_state(fake_mp)
+    add_op(state, ops.instances, specs=[spec("node1")], name="Lab VMs")
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(PyinfraError, match="No hosts remaining"):
+        execute(state)
+    assert "launch node1 timed out, and `multipass list` cannot say whether they run: " in caplog.text
+    assert "the Multipass daemon does not answer" in caplog.text
+    assert "state now: absent" not in caplog.text
+
+
+def test_teardown_from_a_vm_host_with_the_daemon_down_fails_with_the_cause(fake_mp, caplog):
+    fake_mp.set_states(node1="Running")
+    state, host = local_state(fake_mp, names=("@multipass/node1",))  # `--limit node1`: no @local
+    (fake_mp.dir / "daemon-down").touch()
+    add_op(state, ops.absent, names=["node1"], name="teardown")
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(PyinfraError, match="No hosts remaining"):
+        execute(state)
+    assert "cannot tell which of node1 exist: the Multipass daemon does not answer" in caplog.text
+
+
+def test_list_instances_names_the_cause_instead_of_answering_no_instances(fake_mp, tmp_path):
+    fake_mp.set_states(node1="Running")
+    assert mp.list_instances(fake_mp.bin)["node1"]["state"] == "Running"
+    (fake_mp.dir / "daemon-down").touch()
+    with pytest.raises(mp.MultipassUnavailable, match="the Multipass daemon does not answer"):
+        mp.list_instances(fake_mp.bin)
+    with pytest.raises(mp.MultipassUnavailable, match="multipass not found"):
+        mp.list_instances(str(tmp_path / "nope"))
 
 
 def test_absent_deletes_lab_vms_only(fake_mp):
@@ -504,7 +583,7 @@ def test_missing_multipass_in_prepare_means_no_instances(tmp_path):
 # --- tasks/vms.py with the lab model stubbed -------------------------------------------------------------
 
 
-def test_tasks_vms_builds_specs_and_calls_ops(monkeypatch):
+def test_tasks_vms_builds_one_launch_spec_per_vm(monkeypatch):
     vm = lambda name, cpus, mem, disk: types.SimpleNamespace(name=name, cpus=cpus, memory=mem, disk=disk)  # noqa: E731
     lab = types.SimpleNamespace(
         ubuntu_image="24.04",
@@ -533,23 +612,7 @@ def test_tasks_vms_builds_specs_and_calls_ops(monkeypatch):
     specs = vms.vm_specs(lab)
     assert specs[0] == mp.InstanceSpec("control", "24.04", 2, "2G", "10G", "#cloud-config\nhostname: control\n")
 
-    calls = []
-    monkeypatch.setattr(vms.multipass, "instances", lambda **kw: calls.append(("instances", kw)))
-    monkeypatch.setattr(vms.multipass, "cloud_init_done", lambda **kw: calls.append(("cloud_init_done", kw)))
-    monkeypatch.setattr(vms.multipass, "user_data_current", lambda **kw: calls.append(("user_data_current", kw)))
-    monkeypatch.setattr(vms, "barrier", lambda **kw: calls.append(("barrier", kw)))
-
-    with ctx_host.use(types.SimpleNamespace(name="@local")):
-        vms.vms_running(lab)
-    assert [c[0] for c in calls] == ["instances", "barrier"]
-    assert [s.name for s in calls[0][1]["specs"]] == ["control", "node1"]
-
-    calls.clear()
-    with ctx_host.use(types.SimpleNamespace(name="node1")):
-        vms.vms_running(lab)
-    assert [c[0] for c in calls] == ["barrier", "cloud_init_done", "user_data_current"]
-    assert calls[0][1] == {"name": "── phase: VMs running ──"}
-    assert calls[2][1]["fingerprint"] == "fingerprint of node1"
+    # the order of the phase (launch, barrier, cloud-init) is checked by the deploys in test_lab_*.py
 
 
 class FailingRun:
@@ -597,15 +660,21 @@ def test_barrier_summary_names_the_first_failure_as_cause_and_later_ones_as_cons
     assert "re-run" in lines[-1]
 
 
-def test_barrier_stops_the_run_once_a_host_failed(monkeypatch):
-    host = FakeHost(name="node1")
-    monkeypatch.setattr(barrier_module, "failed_hosts", lambda: ["node2"])
-    executing = FakeState(executing=True)
-    (command,) = run_body(barrier_module._phase_boundary, host, executing, boundary="── phase 2 ──")
-    assert command.function is barrier_module._stop_run and command.args == ("── phase 2 ──",)
-    assert host.noops == []
-    # while planning nothing has failed yet: the plan is never cut short
-    assert run_body(barrier_module._phase_boundary, host, FakeState(), boundary="── phase 2 ──") == []
+def test_barrier_stops_the_run_once_a_host_failed(fake_mp, caplog):
+    from pyinfra.operations import server
+
+    fake_mp.set_states(node1="Running", node2="Running")
+    state, _ = local_state(fake_mp, names=("@multipass/node1", "@multipass/node2"))
+    # the planning runs the barrier too: nothing has failed yet, the plan is never cut short
+    add_op(state, server.shell, commands=['test "$VM" != node2'], name="fails on node2")
+    barrier_module.watch_failures(state)
+    add_op(state, barrier_module._phase_boundary, boundary="── phase 2 ──", name="── phase 2 ──")
+    add_op(state, server.shell, commands=[f"touch {fake_mp.dir}/after-$VM"], name="after the barrier")
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(PyinfraError, match="No hosts remaining"):
+        execute(state)
+    assert not list(fake_mp.dir.glob("after-*")), "nothing after the barrier ran, on no host"
+    assert 'Run stopped at "── phase 2 ──": node2 failed' in caplog.text
+    assert "cause: [node2] fails on node2" in caplog.text
 
 
 # --- a run limited to VMs without the workstation ------------------------------------------------

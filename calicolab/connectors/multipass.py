@@ -8,6 +8,10 @@ the plan over-reports changes. At execution time the connector looks at the VM a
 operation may have launched or started it) and fails cleanly if it is still not running; it never
 relies on ``multipass exec`` starting a stopped VM on its own.
 
+What it tells operations: ``run_shell_command`` answers ``(False, VmNotRunning)`` when the VM is not
+running at execution time (its ``state`` attribute says which state), and
+``host.connector_data["multipass_state"]`` is the state it last read (None: no such instance).
+
 Host data:
 
 + ``multipass_bin``: the Multipass client (default ``multipass``; e.g. ``/snap/bin/multipass``)
@@ -29,15 +33,18 @@ from __future__ import annotations
 
 import io
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 import gevent
+from gevent.event import AsyncResult
 from typing_extensions import Unpack, override
 
 from pyinfra import logger
 from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.exceptions import ConnectError, InventoryError
 from pyinfra.api.output import echo
+from pyinfra.api.state import StateStage
 from pyinfra.api.util import get_file_io
 from pyinfra.connectors.base import BaseConnector, ConnectorData, DataMeta
 from pyinfra.connectors.util import (
@@ -49,6 +56,7 @@ from pyinfra.connectors.util import (
 )
 
 from calicolab import multipass as mp
+from calicolab.polling import Check, poll
 
 if TYPE_CHECKING:
     from io import IOBase  # noqa: F401
@@ -58,20 +66,12 @@ if TYPE_CHECKING:
 
 #: How long an execution-time command waits for a VM in Starting/Restarting to become Running.
 TRANSITION_WAIT = 180
-TRANSITION_POLL = 2
 
 
 class MultipassConnectorData(ConnectorData, total=False):
     multipass_instance: str
     multipass_bin: str
     multipass_exec_timeout: Union[int, float, str]  # noqa: UP007 - typeguard checks this at runtime
-
-
-NOT_RUNNING_MARKER = "is not running (state: "
-
-
-def not_running_message(instance: str, state: str | None) -> str:
-    return f"instance {instance} {NOT_RUNNING_MARKER}{state or 'does not exist'})"
 
 
 def _output(stdout: bytes | str = b"", stderr: bytes | str = b"") -> CommandOutput:
@@ -82,6 +82,29 @@ def _output(stdout: bytes | str = b"", stderr: bytes | str = b"") -> CommandOutp
         if data:
             lines.extend(OutputLine(name, line) for line in data.splitlines())
     return CommandOutput(lines)
+
+
+@dataclass
+class VmNotRunning(CommandOutput):
+    """What ``run_shell_command`` returns (with ``False``) when the VM is not running at execution time.
+
+    Operations tell "the VM is gone or stopped: waiting will not help" from "the command failed" by
+    this type, never by the message text. ``state`` is the instance's state (None: it does not exist
+    or Multipass did not answer, then ``stderr`` says why).
+
+    Example::
+
+        ok, output = host.run_shell_command(command)
+        if not ok and isinstance(output, VmNotRunning):
+            ...  # output.state == "Stopped"
+    """
+
+    state: str | None = None
+
+    @classmethod
+    def of(cls, instance: str, state: str | None, why: str | None = None) -> VmNotRunning:
+        message = why or f"instance {instance} is not running (state: {state or 'does not exist'})"
+        return cls([OutputLine("stderr", line) for line in message.splitlines()], state)
 
 
 class MultipassConnector(BaseConnector):
@@ -130,34 +153,35 @@ class MultipassConnector(BaseConnector):
         except (TypeError, ValueError):
             return float(mp.DEFAULT_EXEC_TIMEOUT)
 
-    def _read_state(self) -> str | None:
+    def _connect_listing(self) -> dict:
+        """One ``multipass list`` for all the hosts that connect together, kept on the run's State.
+
+        pyinfra connects every host at once; each asking Multipass for the same list would cost
+        a round trip to the daemon each. Only for the connect stage: later reads are fresh.
+        """
+        shared = self.state.__dict__.setdefault("calicolab_multipass_connect_lists", {})
+        listing = shared.get(self.multipass_bin)
+        if listing is None:
+            listing = shared[self.multipass_bin] = AsyncResult()
+            try:
+                listing.set(mp.list_instances(self.multipass_bin))
+            except mp.MultipassUnavailable as e:
+                listing.set_exception(e)
+        return listing.get()
+
+    def _read_state(self, timeout: float = mp.LIST_TIMEOUT, connecting: bool = False) -> str | None:
         """Current state of this instance according to ``multipass list`` (None = no such instance).
 
-        Raises ``ConnectError`` if Multipass is missing, the daemon does not answer or the output is
-        not understood.
+        Records it in ``connector_data["multipass_state"]``. Raises ``ConnectError`` naming the cause
+        if Multipass is missing, the daemon does not answer or the output is not understood.
         """
-        argv = mp.list_argv(self.multipass_bin)
         try:
-            result = mp.run_process(argv, timeout=mp.LIST_TIMEOUT)
-        except FileNotFoundError as e:
-            raise ConnectError(mp.not_installed_hint(self.multipass_bin)) from e
-        except PermissionError as e:
-            raise ConnectError(f"cannot run {self.multipass_bin!r}: {e}") from e
-        except TimeoutError as e:
-            raise ConnectError(
-                f"`multipass list` did not answer within {mp.LIST_TIMEOUT}s: {mp.daemon_down_hint()}",
-            ) from e
-
-        message = mp.clean_message(result.stdout, result.stderr)
-        if mp.DAEMON_DOWN_MARKER in message.lower():
-            raise ConnectError(f"{mp.daemon_down_hint()} ({message})")
-        if result.returncode != 0:
-            raise ConnectError(f"`multipass list` failed (exit {result.returncode}): {message}")
-        try:
-            instances = mp.parse_list(result.stdout)
-        except mp.MultipassOutputError as e:
+            if connecting and self.state.current_stage == StateStage.Connect:
+                instances = self._connect_listing()
+            else:
+                instances = mp.list_instances(self.multipass_bin, timeout=min(float(timeout), mp.LIST_TIMEOUT))
+        except mp.MultipassUnavailable as e:
             raise ConnectError(str(e)) from e
-
         current = instances.get(self.instance)
         state = current["state"] if current else None
         self.host.connector_data["multipass_state"] = state
@@ -165,28 +189,35 @@ class MultipassConnector(BaseConnector):
         return state
 
     def _is_running(self) -> bool:
+        """The one running-check: the state last read by ``_read_state``."""
         return self.host.connector_data.get("multipass_state") == mp.RUNNING
 
     def _phantom(self) -> bool:
         """True while pyinfra prepares the deploy and the VM is not running."""
         return not self._is_running() and not self.state.is_executing
 
-    def _ensure_running(self) -> str | None:
-        """At execution time: return None if the VM is running, else an error message."""
+    def _ensure_running(self) -> VmNotRunning | None:
+        """At execution time: None once the VM runs, else why not (a ``VmNotRunning`` output).
+
+        The state is read again (an earlier operation may have launched or started the VM); a VM
+        in Starting/Restarting is waited for, up to ``TRANSITION_WAIT`` seconds.
+        """
         if self._is_running():
             return None
+
+        def probe(remaining: float) -> Check:
+            state = self._read_state(timeout=remaining)
+            running = self._is_running()
+            return Check(running, f"{self.instance} is {state or 'absent'}",
+                         failed=not running and state not in mp.TRANSITIONAL_STATES)
+
         try:
-            state = self._read_state()
-            waited = 0
-            while state in mp.TRANSITIONAL_STATES and waited < TRANSITION_WAIT:
-                gevent.sleep(TRANSITION_POLL)
-                waited += TRANSITION_POLL
-                state = self._read_state()
+            check = poll(f"{self.instance} to run", TRANSITION_WAIT, probe, log=self.host.log, pause=gevent.sleep)
         except ConnectError as e:
-            return str(e.args[0] if e.args else e)
-        if state == mp.RUNNING:
+            return VmNotRunning.of(self.instance, None, str(e))
+        if check.done:
             return None
-        return not_running_message(self.instance, state)
+        return VmNotRunning.of(self.instance, self.host.connector_data.get("multipass_state"))
 
     def _carry(self, argv: list[str], what: str, stdin: bytes | None = None, timeout=None) -> bytes | None:
         """Run a ``multipass exec`` that carries a file's bytes; its stdout, or None (logged) on failure."""
@@ -204,7 +235,7 @@ class MultipassConnector(BaseConnector):
 
     @override
     def connect(self) -> None:
-        state = self._read_state()
+        state = self._read_state(connecting=True)
         if state is None:
             logger.warning(
                 f"{self.host.print_prefix}{self.instance} does not exist yet: "
@@ -226,7 +257,7 @@ class MultipassConnector(BaseConnector):
         command: StringCommand,
         print_output: bool = False,
         print_input: bool = False,
-        **arguments: Unpack["ConnectorArguments"],
+        **arguments: Unpack[ConnectorArguments],
     ) -> tuple[bool, CommandOutput]:
         """
         Execute a command inside the VM.
@@ -251,10 +282,10 @@ class MultipassConnector(BaseConnector):
             return True, CommandOutput([])
 
         problem = self._ensure_running()
-        if problem:
+        if problem is not None:
             # pyinfra prints the stderr of failed commands and facts: no extra log line here
-            logger.debug("%s%s", self.host.print_prefix, problem)
-            return False, _output(stderr=problem)
+            logger.debug("%s%s", self.host.print_prefix, problem.stderr)
+            return False, problem
 
         def execute_command() -> tuple[int, CommandOutput]:
             unix_command = make_unix_command_for_host(self.state, self.host, command, **arguments)
@@ -287,13 +318,14 @@ class MultipassConnector(BaseConnector):
         remote_temp_filename: str | None = None,
         print_output: bool = False,
         print_input: bool = False,
-        **arguments: Unpack["ConnectorArguments"],
+        **arguments: Unpack[ConnectorArguments],
     ) -> bool:
         """
         Upload a local file or IO object (text or bytes): the bytes go on the stdin of
         ``multipass exec NAME -- sh -c 'umask 077 && cat > TMP'`` (inside the VM), then ``cp TMP REMOTE`` runs with
         the operation's arguments (``_sudo`` for root-owned targets) and TMP is removed.
         """
+        del remote_temp_filename  # the bytes go to our own temp file in the VM (mp.upload_temp_path)
         with get_file_io(filename_or_io, "rb") as file_io:
             data = file_io.read()
         if isinstance(data, str):
@@ -302,8 +334,8 @@ class MultipassConnector(BaseConnector):
         if self._phantom():
             return True
         problem = self._ensure_running()
-        if problem:
-            self.host.log(problem, log_func=logger.error)
+        if problem is not None:
+            self.host.log(problem.stderr, log_func=logger.error)
             return False
 
         extract_control_arguments(arguments)  # payload goes on stdin; _stdin makes no sense here
@@ -351,18 +383,19 @@ class MultipassConnector(BaseConnector):
         remote_temp_filename: str | None = None,
         print_output: bool = False,
         print_input: bool = False,
-        **arguments: Unpack["ConnectorArguments"],
+        **arguments: Unpack[ConnectorArguments],
     ) -> bool:
         """
         Download a file: ``multipass exec NAME -- sh -c 'sudo -H -n cat PATH'``, binary-safe. sudo is
         the default (root-only files are the common case) unless the operation sets sudo, su, doas or
         dzdo itself.
         """
+        del remote_temp_filename  # cat writes to stdout: no temp file
         if self._phantom():
             return True
         problem = self._ensure_running()
-        if problem:
-            self.host.log(problem, log_func=logger.error)
+        if problem is not None:
+            self.host.log(problem.stderr, log_func=logger.error)
             return False
 
         control = extract_control_arguments(arguments)

@@ -9,7 +9,6 @@ message (a ``FunctionCommand`` returning ``False``), never with a traceback.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,20 +18,21 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from calicolab import multipass as mp
-from calicolab.connectors.multipass import NOT_RUNNING_MARKER
+from calicolab.connectors.multipass import VmNotRunning
 from calicolab.constants import USER_DATA_FINGERPRINT_PATH
 from calicolab.facts.multipass import (
     FINGERPRINT_MISSING,
-    CloudInitStatus,
+    FirstBoot,
     MultipassInstances,
-    UserDataFingerprint,
+    first_boot_command,
+    parse_first_boot,
 )
-from calicolab.operations.common import print_once
+from calicolab.operations.common import fail_with, print_once
+from calicolab.polling import Check, Transient, poll
 
 DEFAULT_LAUNCH_TIMEOUT = 900
-CLOUD_INIT_POLL = 5
-#: seconds between ``multipass exec NAME -- true`` tries after a start
-ANSWER_POLL = 2
+#: longest single ``multipass exec`` while waiting (a VM that hangs is asked again, within the deadline)
+PROBE_TIMEOUT = 60
 
 
 def _bin(multipass_bin: str | None) -> str:
@@ -43,12 +43,15 @@ def _bin(multipass_bin: str | None) -> str:
     return value or mp.DEFAULT_BIN
 
 
-def _log(message: str, error: bool = False, warning: bool = False) -> None:
-    host.log(message, log_func=logger.error if error else logger.warning if warning else logger.info)
+def _log(message: str, error: bool = False) -> None:
+    host.log(message, log_func=logger.error if error else logger.info)
 
 
 def _workstation_instances(multipass_bin: str) -> dict[str, Any]:
-    """``MultipassInstances`` as seen from the workstation, whichever host this operation runs on."""
+    """``MultipassInstances`` as seen from the workstation, whichever host this operation runs on.
+
+    Raises ``mp.MultipassUnavailable`` when there is no ``@local`` host and Multipass does not answer.
+    """
     local = host
     if getattr(host, "name", "@local") != "@local":
         inventory = getattr(state, "inventory", None)
@@ -56,7 +59,7 @@ def _workstation_instances(multipass_bin: str) -> dict[str, Any]:
         if local_host is not None:
             local = local_host
         else:  # no @local in the inventory: ask Multipass directly
-            return _list_now(multipass_bin)
+            return mp.list_instances(multipass_bin)
     return local.get_fact(MultipassInstances, multipass_bin=multipass_bin) or {}
 
 
@@ -102,10 +105,15 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
 
     if timed_out:
         # canonical/multipass#1757: launch can give up while the VM is fine and cloud-init still runs
-        current = _list_now(multipass_bin)
+        try:
+            current = mp.list_instances(multipass_bin)
+        except mp.MultipassUnavailable as e:
+            host.log(f"launch {', '.join(timed_out)} timed out, and `multipass list` cannot say whether "
+                     f"they run: {e}", log_func=logger.error)
+            return False
         for name in timed_out:
             vm_state = (current.get(name) or {}).get("state")
-            if vm_state in (mp.RUNNING, "Starting", "Restarting"):
+            if vm_state == mp.RUNNING or vm_state in mp.TRANSITIONAL_STATES:
                 host.log(
                     f"launch {name}: Multipass timed out waiting for initialisation but {name} is "
                     f"{vm_state}; continuing (cloud-init is waited for later)",
@@ -129,20 +137,11 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
     return ok
 
 
-def _list_now(multipass_bin: str) -> dict[str, Any]:
-    try:
-        result = mp.run_process(mp.list_argv(multipass_bin), timeout=mp.LIST_TIMEOUT)
-        return mp.parse_list(result.stdout) if result.ok else {}
-    except (OSError, mp.MultipassOutputError):
-        return {}
-
-
 def _run_each(state, host, action: str, names: list[str], multipass_bin: str, timeout: int) -> bool:
     """Run ``multipass <action> NAME`` for every name at the same time; report each failure."""
     builders = {
         "start": lambda name: mp.start_argv(multipass_bin, [name], timeout=timeout),
         "cancel-stop": lambda name: mp.stop_argv(multipass_bin, [name], cancel=True),
-        "stop": lambda name: mp.stop_argv(multipass_bin, [name]),
         "delete": lambda name: mp.delete_argv(multipass_bin, [name], purge=True),
     }
     jobs = {name: (builders[action](name), None) for name in names}
@@ -175,56 +174,47 @@ def _wait_answering(state, host, names: list[str], multipass_bin: str, timeout: 
     back, and ``multipass exec`` fails until then (canonical/multipass#1365); the steps after the
     start would fail on it.
     """
-    deadline = time.monotonic() + timeout
-    waiting, last, reported = list(names), {}, float("-inf")
-    while True:
+    waiting, last = list(names), {}
+
+    def probe(remaining: float) -> Check:
         jobs = {name: (mp.exec_argv(multipass_bin, name, "true"), None) for name in waiting}
-        for name, result in mp.run_parallel(jobs, timeout=60).items():
+        for name, result in mp.run_parallel(jobs, timeout=min(remaining, PROBE_TIMEOUT)).items():
             if isinstance(result, mp.ProcessResult) and result.ok:
                 waiting.remove(name)
             else:
                 last[name] = (mp.clean_message(result.stdout, result.stderr)
                               if isinstance(result, mp.ProcessResult) else str(result))
-        if not waiting:
-            return True
-        if time.monotonic() >= deadline:
-            for name in waiting:
-                client = mp.shell_join(mp.bin_argv(multipass_bin))
-                host.log(
-                    f"{name} was started but does not answer `multipass exec` after {timeout}s "
-                    f"({last[name]}). Next: check `{client} info {name}`; if it stays unreachable run "
-                    f"`{client} restart {name}`, then re-run the deploy",
-                    log_func=logger.error,
-                )
-            return False
-        if time.monotonic() - reported >= 30:
-            host.log(f"waiting for {', '.join(waiting)} to answer ({last[waiting[0]]})")
-            reported = time.monotonic()
-        gevent.sleep(ANSWER_POLL)
+        return Check(not waiting, f"{', '.join(waiting)}: {last[waiting[0]]}" if waiting else "all answer")
 
-
-def _fail(state, host, messages: list[str]) -> bool:
-    for message in messages:
-        host.log(message, log_func=logger.error)
+    if poll(f"{', '.join(names)} to answer", timeout, probe, log=host.log, pause=gevent.sleep).done:
+        return True
+    client = mp.shell_join(mp.bin_argv(multipass_bin))
+    for name in waiting:
+        host.log(
+            f"{name} was started but does not answer `multipass exec` after {timeout}s "
+            f"({last[name]}). Next: check `{client} info {name}`; if it stays unreachable run "
+            f"`{client} restart {name}`, then re-run the deploy",
+            log_func=logger.error,
+        )
     return False
 
 
 # --- operations --------------------------------------------------------------------------------
 
 
-def _instances_commands(specs: list[mp.InstanceSpec], present, running, multipass_bin, launch_timeout):
+def _instances_commands(specs: list[mp.InstanceSpec], multipass_bin, launch_timeout):
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate instance names in {names}")
     current = host.get_fact(MultipassInstances, multipass_bin=multipass_bin) or {}
-    plan = mp.plan_instances(names, current, present=present, running=running)
+    plan = mp.plan_instances(names, current)
 
     if not plan.changes:
-        host.noop(f"Multipass instances {', '.join(names)} are {'running' if running else 'present'}")
+        host.noop(f"Multipass instances {', '.join(names)} are running")
         return
 
     by_name = {spec.name: spec for spec in specs}
-    if not state.is_executing:  # at execution time _fail reports them
+    if not state.is_executing:  # at execution time the last command reports them
         for name, problem in plan.errors.items():
             _log(problem, error=True)
     if print_once():
@@ -246,20 +236,14 @@ def _instances_commands(specs: list[mp.InstanceSpec], present, running, multipas
         yield FunctionCommand(_wait_answering, (plan.start, multipass_bin, launch_timeout), {})
     if plan.cancel_stop:
         yield FunctionCommand(_run_each, ("cancel-stop", plan.cancel_stop, multipass_bin, 120), {})
-    if plan.stop:
-        yield FunctionCommand(_run_each, ("stop", plan.stop, multipass_bin, 300), {})
-    if plan.delete:
-        yield FunctionCommand(_run_each, ("delete", plan.delete, multipass_bin, 300), {})
     if plan.errors:
         # after the others were launched/started: one broken VM does not block the rest
-        yield FunctionCommand(_fail, ([plan.errors[n] for n in plan.errors],), {})
+        yield FunctionCommand(fail_with("\n".join(plan.errors.values())), (), {})
 
 
 @operation()
 def instances(
     specs: list[mp.InstanceSpec | Mapping[str, Any]],
-    present: bool = True,
-    running: bool = True,
     launch_timeout: int = DEFAULT_LAUNCH_TIMEOUT,
     multipass_bin: str | None = None,
 ):
@@ -268,8 +252,6 @@ def instances(
 
     + specs: ``calicolab.multipass.InstanceSpec`` objects (or dicts with ``name``, ``image``, ``cpus``,
       ``memory``, ``disk``, ``cloud_init``: the rendered user-data text, fed on stdin)
-    + present: ``False`` deletes and purges the named instances instead
-    + running: ``False`` stops running instances (never launches)
     + launch_timeout: ``multipass launch --timeout`` (seconds for start and for initialisation)
     + multipass_bin: Multipass client (default: host data ``multipass_bin`` or ``multipass``)
 
@@ -295,43 +277,7 @@ def instances(
         )
     """
     specs = [mp.InstanceSpec.coerce(spec) for spec in specs]
-    yield from _instances_commands(specs, present, running, _bin(multipass_bin), launch_timeout)
-
-
-@operation()
-def instance(
-    instance_name: str,
-    image: str,
-    cpus: int,
-    memory: str,
-    disk: str,
-    cloud_init: str,
-    present: bool = True,
-    running: bool = True,
-    launch_timeout: int = DEFAULT_LAUNCH_TIMEOUT,
-    multipass_bin: str | None = None,
-):
-    """
-    Make one Multipass instance exist and run (see ``multipass.instances`` for several at once).
-
-    + instance_name: the instance (``name=`` is pyinfra's operation name)
-    + image, cpus, memory, disk: ``multipass launch`` settings (used only when launching)
-    + cloud_init: rendered user-data text, fed to ``multipass launch --cloud-init -`` on stdin
-    + present / running / launch_timeout / multipass_bin: as for ``multipass.instances``
-
-    **Example:**
-
-    .. code:: python
-
-        multipass.instance(
-            name="control exists and runs",
-            instance_name="control",
-            image="24.04", cpus=2, memory="2G", disk="10G",
-            cloud_init=render_cloud_init(lab, "control"),
-        )
-    """
-    spec = mp.InstanceSpec(instance_name, image, cpus, memory, disk, cloud_init)
-    yield from _instances_commands([spec], present, running, _bin(multipass_bin), launch_timeout)
+    yield from _instances_commands(specs, _bin(multipass_bin), launch_timeout)
 
 
 @operation()
@@ -354,7 +300,11 @@ def absent(names: Iterable[str], multipass_bin: str | None = None):
     """
     names = [mp.check_instance_name(n) for n in names]
     multipass_bin = _bin(multipass_bin)
-    current = _workstation_instances(multipass_bin)
+    try:
+        current = _workstation_instances(multipass_bin)
+    except mp.MultipassUnavailable as e:
+        yield FunctionCommand(fail_with(f"cannot tell which of {', '.join(names)} exist: {e}"), (), {})
+        return
     existing = [n for n in names if n in current]
     if not existing:
         host.noop(f"no instance among {', '.join(names)} exists")
@@ -369,97 +319,6 @@ def _indent(text: str) -> str:
     return "\n".join(f"        {line}" for line in (text or "").splitlines())
 
 
-def _status_text(value: Any) -> str:
-    return value if isinstance(value, str) else "unknown (VM not reachable)"
-
-
-def _cloud_init_status_now(host) -> dict[str, Any] | None:
-    """``cloud-init status --long`` parsed, or None while the VM does not answer (e.g. rebooting).
-
-    ``{"gone": message}`` when the connector says the VM is not running at all (absent, stopped,
-    deleted): waiting would not help.
-    """
-    try:
-        ok, output = host.run_shell_command(StringCommand(CloudInitStatus().command()), _timeout=60)
-    except (OSError, TimeoutError) as e:
-        logger.debug("cloud-init status on %s failed: %s", host.name, e)
-        return None
-    if not ok:
-        if NOT_RUNNING_MARKER in output.stderr:
-            return {"gone": output.stderr.strip()}
-        return None
-    parsed = mp.parse_cloud_init_status(output.stdout_lines)
-    if parsed is not None:
-        parsed["raw"] = output.stdout
-    return parsed
-
-
-def _wait_cloud_init(state, host, timeout: int) -> bool:
-    """Poll ``cloud-init status`` until done/error or ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    last = None
-    last_report = 0.0
-    started = time.monotonic()
-    while True:
-        details = _cloud_init_status_now(host)
-        if isinstance(details, dict) and "gone" in details:
-            host.log(
-                f"cannot wait for cloud-init: {details['gone']} (see the VM operation's errors above)",
-                log_func=logger.error,
-            )
-            return False
-        status = details.get("status") if isinstance(details, dict) else None
-        if status:
-            last = details
-        if status == "done":
-            host.log("cloud-init finished")
-            return True
-        if status == "error":
-            multipass_bin = host.data.get("multipass_bin") or mp.DEFAULT_BIN
-            host.log(mp.cloud_init_error_message(host.name, details, multipass_bin), log_func=logger.error)
-            return False
-        if status == "disabled":
-            host.log(f"cloud-init is disabled in {host.name}: the lab's user-data never ran",
-                     log_func=logger.error)
-            return False
-        now = time.monotonic()
-        if now >= deadline:
-            shown = last.get("raw") if isinstance(last, dict) else "no answer from the VM"
-            host.log(
-                f"cloud-init in {host.name} not done after {timeout}s (last status: "
-                f"{_status_text(status)}).\n{_indent(shown)}\nRaise timeout_cloud_init on slow links and re-run",
-                log_func=logger.error,
-            )
-            return False
-        if now - last_report >= 60:
-            host.log(f"waiting for cloud-init ({_status_text(status)}, {int(now - started)}s)")
-            last_report = now
-        gevent.sleep(CLOUD_INIT_POLL)
-
-
-@operation()
-def cloud_init_done(timeout: int = 900):
-    """
-    Wait until the VM's first-boot cloud-init has finished (``cloud-init status --wait`` with a timeout).
-
-    + timeout: seconds to wait before failing with the VM's name and cloud-init status
-
-    No change when cloud-init is already ``done``. Fails with ``cloud-init status --long`` output when
-    the status is ``error``. Run it on the ``@multipass/NAME`` hosts.
-
-    **Example:**
-
-    .. code:: python
-
-        multipass.cloud_init_done(name="cloud-init finished", timeout=900)
-    """
-    status = host.get_fact(CloudInitStatus)
-    if status == "done":
-        host.noop("cloud-init is done")
-        return
-    yield FunctionCommand(_wait_cloud_init, (timeout,), {})
-
-
 def _recreate_hint(name: str) -> str:
     return (
         f"recreate the VM: `pyinfra inventory.py teardown.py --limit {name}` (or "
@@ -467,52 +326,120 @@ def _recreate_hint(name: str) -> str:
     )
 
 
-@operation()
-def user_data_current(fingerprint: str):
+def _judge_fingerprint(host, stored: str | None, fingerprint: str, always: bool = False) -> None:
+    """Warn (never recreate) when the VM was created from another user-data than the one rendered now.
+
+    Example: a node1 launched with ``vm_memory: 1G``, now set to ``2G`` -> "node1 was created from a
+    different cloud-init user-data ... recreate the VM: ..."
     """
-    Warn when the VM was created from a different cloud-init user-data than the one rendered now.
+    if stored is None or stored == fingerprint or not (always or print_once()):
+        return
+    if stored == FINGERPRINT_MISSING:
+        host.log(
+            f"{host.name} has no calicolab fingerprint ({USER_DATA_FINGERPRINT_PATH}): it was created "
+            "before calicolab recorded one, so whether its cloud-init matches the current settings is "
+            f"unknown. To be sure, {_recreate_hint(host.name)}",
+            log_func=logger.warning,
+        )
+        return
+    host.log(
+        f"{host.name} was created from a different cloud-init user-data than the current settings "
+        "render; cloud-init only runs on first boot, so the change is NOT applied. To apply it, "
+        f"{_recreate_hint(host.name)}",
+        log_func=logger.warning,
+    )
 
-    + fingerprint: ``calicolab.render.cloud_init_fingerprint(lab, vm)``, the sha256 that the
-      current user-data writes to ``USER_DATA_FINGERPRINT_PATH`` in the VM
 
-    Compares what calicolab's own user-data wrote into the VM, never the user-data Multipass passed
-    on (Multipass adds users, keys and packages to it, differently per version). Cloud-init runs
-    only on first boot, so a changed user-data needs a new VM: this never recreates anything, it
-    logs a warning naming the VM and how to recreate it, and reports no change. A VM without the
-    file (created before calicolab wrote it) gets one note saying so. Run it on the
-    ``@multipass/NAME`` hosts after ``cloud_init_done``.
+def _first_boot_judged(host, boot: dict[str, Any], fingerprint: str, timeout: int) -> bool:
+    """The verdict on a finished wait (or a fact read): True when cloud-init is done; errors logged."""
+    status = boot.get("status")
+    if status == "done":
+        _judge_fingerprint(host, boot.get("fingerprint"), fingerprint, always=True)  # only execution gets here
+        return True
+    if status == "error":
+        multipass_bin = host.data.get("multipass_bin") or mp.DEFAULT_BIN
+        host.log(mp.cloud_init_error_message(host.name, boot, multipass_bin), log_func=logger.error)
+    elif status == "disabled":
+        host.log(f"cloud-init is disabled in {host.name}: the lab's user-data never ran", log_func=logger.error)
+    else:
+        host.log(
+            f"cloud-init in {host.name} not done after {timeout}s (last status: "
+            f"{status or 'unknown (VM not reachable)'}).\n{_indent(boot.get('raw') or 'no answer from the VM')}\n"
+            "Raise timeout_cloud_init on slow links and re-run",
+            log_func=logger.error,
+        )
+    return False
+
+
+def _wait_cloud_init(state, host, timeout: int, fingerprint: str) -> bool:
+    """Run ``cloud-init status --wait --long`` in the VM, each try bounded by the time left.
+
+    A VM that does not answer (rebooting, sshd not up) is asked again until ``timeout``; a VM that
+    is not running (the connector answers ``VmNotRunning``) fails at once.
+    """
+    last: dict[str, Any] = {"status": None, "raw": ""}
+    gone: list[str] = []
+
+    def probe(remaining: float) -> Check:
+        wait = max(1, int(min(remaining, PROBE_TIMEOUT)))
+        try:
+            ok, output = host.run_shell_command(StringCommand(first_boot_command(wait=wait)), _timeout=wait + 30)
+        except (OSError, TimeoutError) as e:  # the connector's own timeout: the VM hangs
+            raise Transient(f"{host.name} does not answer: {e}") from e
+        if not ok:
+            if isinstance(output, VmNotRunning):
+                gone.append(output.stderr)
+                return Check(False, output.stderr, failed=True)
+            raise Transient(f"{host.name} does not answer: {output.stderr.strip() or 'no message'}")
+        boot = parse_first_boot(output.stdout_lines)
+        if boot["status"] is not None:
+            last.update(boot)
+        status = boot["status"] or "no status yet"
+        return Check(status == "done", status, failed=status in ("error", "disabled"))
+
+    check = poll(f"cloud-init in {host.name}", timeout, probe, log=host.log, pause=gevent.sleep)
+    if gone:
+        host.log(f"cannot wait for cloud-init: {gone[0]} (see the VM operation's errors above)", log_func=logger.error)
+        return False
+    if check.done:
+        host.log("cloud-init finished")
+    return _first_boot_judged(host, last, fingerprint, timeout)
+
+
+@operation()
+def cloud_init_done(fingerprint: str, timeout: int = 900):
+    """
+    Wait until the VM's first-boot cloud-init has finished, and warn when the VM was created from a
+    different cloud-init user-data than the one rendered now.
+
+    + fingerprint: ``calicolab.render.cloud_init_fingerprint(lab, vm)``, the sha256 that the current
+      user-data writes to ``USER_DATA_FINGERPRINT_PATH`` in the VM
+    + timeout: seconds to wait before failing with the VM's name and cloud-init status
+
+    Reads the ``FirstBoot`` fact (one command in the VM). No change when cloud-init is ``done``.
+    Otherwise (also when the VM does not answer), at execution, runs ``cloud-init status --wait --long`` in the VM under ``timeout``
+    (asked again while the VM does not answer, within ``timeout`` in all), which returns as soon as
+    cloud-init has finished. Fails with the failing module and the ``cloud-init status --long``
+    output when the status is ``error``, at once when the VM is not running.
+
+    The fingerprint is what calicolab's own user-data wrote into the VM, never the user-data Multipass
+    passed on (Multipass adds users, keys and packages to it, differently per version). Cloud-init runs
+    only on first boot, so a changed user-data needs a new VM: this never recreates anything, it logs a
+    warning naming the VM and how to recreate it. A VM without the file (created before calicolab
+    wrote it) gets one note saying so. Run it on the ``@multipass/NAME`` hosts.
 
     **Example:**
 
     .. code:: python
 
-        multipass.user_data_current(
-            name="cloud-init user-data unchanged", fingerprint=cloud_init_fingerprint(lab, "node1"),
+        multipass.cloud_init_done(
+            name="cloud-init finished", fingerprint=cloud_init_fingerprint(lab, "node1"), timeout=900,
         )
     """
-    stored = host.get_fact(UserDataFingerprint)
-    if stored is None:
-        host.noop("cloud-init has not finished yet: nothing to compare")
+    # a VM that does not answer right now (rebooting) is the wait's business, not a failed host
+    boot = host.get_fact(FirstBoot, _ignore_errors=True)
+    if boot["status"] == "done":
+        _judge_fingerprint(host, boot["fingerprint"], fingerprint)
+        host.noop("cloud-init is done")
         return
-    if stored == fingerprint:
-        host.noop("user-data unchanged")
-        return
-    if stored == FINGERPRINT_MISSING:
-        if print_once():
-            _log(
-                f"{host.name} has no calicolab fingerprint ({USER_DATA_FINGERPRINT_PATH}): it was created "
-                "before calicolab recorded one, so whether its cloud-init matches the current settings is "
-                f"unknown. To be sure, {_recreate_hint(host.name)}",
-                warning=True,
-            )
-        host.noop(f"{host.name} has no user-data fingerprint (note only)")
-        return
-    if print_once():
-        _log(
-            f"{host.name} was created from a different cloud-init user-data than the current settings "
-            "render; cloud-init only runs on first boot, so the change is NOT applied. To apply it, "
-            f"{_recreate_hint(host.name)}",
-            warning=True,
-        )
-    host.noop(f"user-data of {host.name} differs (warning only)")
-    yield from ()  # an operation is a generator; this one yields no command
+    yield FunctionCommand(_wait_cloud_init, (timeout, fingerprint), {})
