@@ -19,7 +19,9 @@ lab = lab_for_host(host)
 # A failed step writes a diagnostics bundle to the local state folder and prints its path.
 collect_on_failure(lab)
 
-# 1. Creating the lab environment: four VMs from their cloud-init.
+# 1. Creating the lab environment: four VMs from their cloud-init (meanwhile the workstation
+#    downloads what phase 2 copies into them).
+k3s.downloads_started(lab)
 vms.vms_running(lab)
 barrier(name="── phase 1 done: VMs running ──")
 

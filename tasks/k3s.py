@@ -59,6 +59,18 @@ def client_downloads(lab) -> dict[str, Download]:
     }
 
 
+def downloads_started(lab=None) -> None:
+    """On the workstation: every file phase 2 copies into the VMs starts downloading now."""
+
+    lab = lab or lab_for_host(host)
+    if host.name != "@local":
+        return
+    tools.downloads_started(
+        name="Downloads for the VMs (k3s, kubectl, calicoctl) into the workstation cache",
+        files=[*k3s.k3s_downloads(lab).values(), *client_downloads(lab).values()],
+    )
+
+
 def _text_file(what: str, dest: str, text: str, mode: str):
     """A rendered file (shown as a diff with ``--diff``); its folder exists already."""
 

@@ -23,8 +23,9 @@ from pyinfra.connectors.ssh import SSHConnector
 
 from calicolab.constants import K3S_CONFIG_PATH, K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
 from calicolab.facts.k3s import K3sNodes, RewrittenFileSha256
+from calicolab.downloads import Download, DownloadCache
 from calicolab.model import load_defaults, load_lab
-from calicolab.operations import k3s
+from calicolab.operations import k3s, tools
 from calicolab.state import SECRET_FILTER, LabState
 
 SERVER_URL = "https://198.19.0.1:6443"
@@ -349,3 +350,54 @@ def test_a_bug_in_a_wait_ends_it_at_once_instead_of_waiting_out_its_timeout(harn
     h.run()
     assert meta.did_error()
     assert "KeyError" in caplog.text and "not reached within" not in caplog.text
+
+
+# --- files from the workstation's download cache ------------------------------------------------
+
+
+@pytest.fixture
+def published(tmp_path):
+    """A tool and its SHA256SUMS behind file:// URLs, and an empty cache folder."""
+
+    body = b"#!/bin/sh\necho tool v2\n"
+    (tmp_path / "tool").write_bytes(body)
+    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(body).hexdigest()}  tool\n")
+    item = Download(f"file://{tmp_path}/tool", f"file://{tmp_path}/SHA256SUMS")
+    return item, body, tmp_path / "cache"
+
+
+def test_a_tool_is_downloaded_only_by_the_executing_run_and_renamed_into_place(harness, published, unmasked_logs):
+    item, body, cache = published
+    h = harness({"host1": file_facts("/usr/local/bin/tool", None)}, diff=True)
+    meta = h.add(tools.downloads_installed, name="tool", files={"/usr/local/bin/tool": item}, cache_dir=str(cache),
+                 host="host1")
+    assert meta.will_change and not cache.exists()  # planning (--dry) downloads nothing
+    assert f"will download {item.url}" in unmasked_logs.text
+    h.run()
+    assert meta.did_change()
+    assert h.uploads == [("@fake/host1", "/usr/local/bin/tool.calicolab-new", body)]
+    commands = h.commands("host1")
+    assert commands.index("mv -f /usr/local/bin/tool.calicolab-new /usr/local/bin/tool") > commands.index(
+        "chmod 0755 /usr/local/bin/tool.calicolab-new")
+
+
+def test_a_tool_whose_remote_hash_matches_the_download_is_left_alone(harness, published):
+    item, body, cache = published
+    DownloadCache(cache).fetch(item)
+    h = harness({"host1": file_facts("/usr/local/bin/tool", body, mode="-rwxr-xr-x")})
+    meta = h.add(tools.downloads_installed, name="tool", files={"/usr/local/bin/tool": item}, cache_dir=str(cache),
+                 host="host1")
+    assert not meta.will_change
+    h.run()
+    assert not meta.did_change() and h.uploads == []
+
+
+def test_a_tool_that_fails_its_checksum_is_not_installed_and_the_error_names_it(harness, published, caplog):
+    item, body, cache = published
+    (cache.parent / "SHA256SUMS").write_text(f"{'e' * 64}  tool\n")
+    h = harness({"host1": file_facts("/usr/local/bin/tool", None)})
+    meta = h.add(tools.downloads_installed, name="tool", files={"/usr/local/bin/tool": item}, cache_dir=str(cache),
+                 host="host1")
+    h.run()
+    assert meta.did_error() and h.uploads == []
+    assert f"{item.url} does not match its published checksum" in caplog.text

@@ -28,6 +28,48 @@ def _fetch_all(cache: DownloadCache, items: list[Download]) -> list[CachedFile]:
     return [job.value for job in jobs]
 
 
+def _fetch_quietly(cache: DownloadCache, item: Download) -> None:
+    try:
+        cache.fetch(item)
+    except DownloadError:
+        pass  # the step that installs the file downloads it again and reports the cause
+
+
+def _start(state, host, cache: DownloadCache, items: list[Download]) -> bool:
+    for item in items:
+        gevent.spawn(_fetch_quietly, cache, item)
+    return True
+
+
+@operation(is_idempotent=True)
+def downloads_started(files: list[Download], cache_dir: str | None = None):
+    """
+    Start the downloads the VMs will need into the workstation cache, in the background, so they
+    overlap the VMs' launch. Run it on the workstation, before the launch.
+
+    + files: the :class:`calicolab.downloads.Download` items
+    + cache_dir: the cache folder (default: :meth:`DownloadCache.default`)
+
+    Returns at once. :func:`downloads_installed` later waits for a download still under way, and
+    downloads (and reports) again one that failed here.
+
+    **Example:**
+
+    .. code:: python
+
+        tools.downloads_started(name="Downloads for the VMs", files=[Download(url, checksum_url)])
+    """
+
+    cache = DownloadCache(cache_dir) if cache_dir else DownloadCache.default()
+    missing = [item for item in files if cache.cached(item) is None]
+    if not missing:
+        host.noop(f"all downloads are in {cache.root}")
+        return
+    if print_once():
+        host.log(f"will download {len(missing)} file(s) into {cache.root} while the VMs start", logger.info)
+    yield FunctionCommand(_start, (cache, missing), {})
+
+
 @operation()
 def downloads_installed(files: dict[str, Download], mode: str = "0755", cache_dir: str | None = None):
     """
