@@ -19,17 +19,17 @@ lab = lab_for_host(host)
 # A failed step writes a diagnostics bundle to the local state folder and prints its path.
 collect_on_failure(lab)
 
-# 1. Creating the lab environment: four VMs from their cloud-init.
+# 1. Creating the lab environment: four VMs from their cloud-init (meanwhile the workstation
+#    downloads what phase 2 copies into them).
+k3s.downloads_started(lab)
 vms.vms_running(lab)
 barrier(name="── phase 1 done: VMs running ──")
 
-# 2. The Kubernetes cluster: k3s server, agents, and host1 as the client.
-k3s.server(lab)
-barrier(name="── phase 2a done: k3s server up ──")
-k3s.agents(lab)
-barrier(name="── phase 2b done: k3s agents up ──")
+# 2. The Kubernetes cluster: the k3s server and agents together, host1's tools and BIRD alongside.
+k3s.installed(lab)
+barrier(name="── phase 2a done: k3s installed, host1's tools in place ──")
 k3s.cluster_joined(lab)
-barrier(name="── phase 2c done: cluster joined ──")
+barrier(name="── phase 2b done: cluster joined ──")
 k3s.client(lab)
 barrier(name="── phase 2 done: host1 ready ──")
 

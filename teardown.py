@@ -7,7 +7,8 @@
 Only instances named in the lab settings are touched (never ``multipass delete --all``); other
 Multipass instances on the machine stay. The state folder (``lab.state_path``: join token,
 kubeconfig) is emptied of calicolab's files only when the whole lab is removed, and only when it
-carries calicolab's marker; it is removed when nothing else is left in it.
+carries calicolab's marker; it is removed when nothing else is left in it. The workstation's
+download cache (``calicolab.downloads``) is not part of the lab and stays for the next build.
 """
 
 from pyinfra import host, state

@@ -626,7 +626,7 @@ def _validate(data: Mapping[str, Any], project_dir: Path) -> dict[str, Any]:
                             if check.data.get("kubectl_version", MISSING) else _kubernetes_version(s["k3s_version"]))
     s["calicoctl_version"] = (check.pattern("calicoctl_version", _SEMVER, "a Calico release such as v3.32.1")
                               if check.data.get("calicoctl_version", MISSING) else s["calico_version"])
-    for key in ("k3s_install_url", "kubectl_url", "kubectl_sha256_url", "calicoctl_url", "calicoctl_sha256_url"):
+    for key in ("k3s_install_url", "k3s_release_url", "kubectl_url", "kubectl_sha256_url", "calicoctl_url", "calicoctl_sha256_url"):
         s[key] = check.convert(key, _download_url, "an https:// URL without spaces or quotes, using only the placeholders {version} and {arch}")
     s["bgp_as_number"] = check.integer("bgp_as_number", 1, 4294967294)
     s["yaobank_namespace"] = check.pattern("yaobank_namespace", re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"), "a Kubernetes namespace name (lowercase letters, digits and '-')")

@@ -40,6 +40,8 @@ cluster_cidr = "198.19.16.0/20"
 service_cidr = "198.19.32.0/20"
 k3s_api_port = 6443
 k3s_install_url = "https://get.k3s.io"
+# The release's files: k3s (k3s-arm64 on arm64), verified against its sha256sum-<arch>.txt.
+k3s_release_url = "https://github.com/k3s-io/k3s/releases/download/{version}"
 
 # --- Calico (tigera-operator) ----------------------------------------------------------
 calico_version = "v3.32.1"

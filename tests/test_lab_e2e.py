@@ -9,6 +9,7 @@ build, re-run, a pool change without and with the Calico API server, stopped lab
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import stat
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.netlab.fixtures import netlab_session
+from tests.support.netlab.lab import WS_ADDR
 from tests.support.netlab.mirror import Mirror
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
@@ -132,10 +134,39 @@ def test_dry_run_from_nothing_lists_everything_and_creates_nothing(lab):
     assert lab.mirror.requests() == []
 
 
+def test_the_k3s_server_and_agents_install_together_and_host1_gets_its_tools_meanwhile(lab):
+    """Nothing in that step waits for the server: the token is made on the workstation, and an agent
+    retries until its server answers. pyinfra runs one step at a time on every host that has it."""
+    result = lab.deploy("--dry", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads(result.stdout)["plan"]
+    steps = {i: set(step["hosts_with_change"]) for i, step in enumerate(plan)}
+    install = next(i for i, step in enumerate(plan) if "k3s agent: installed" in " ".join(step["names"]))
+    assert {"control", "node1", "node2"} <= steps[install]
+    downloads = next(i for i, step in enumerate(plan) if "from the workstation cache" in " ".join(step["names"]))
+    assert steps[downloads] == set(VMS)
+    api_ready = next(i for i, step in enumerate(plan) if "API ready" in " ".join(step["names"]))
+    bird = next(i for i, step in enumerate(plan) if "BIRD running" in " ".join(step["names"]))
+    assert downloads < install < api_ready and bird < api_ready, "host1 does not wait for the cluster"
+    assert lab.mirror.requests() == []
+
+
+def mirror_downloads(lab: Lab, since: int = 0) -> list[tuple[str, str]]:
+    """(client address, path) of the files the mirror served, from its request log."""
+    lines = lab.mirror.requests()[since:]
+    return [(line.split()[0], re.search(r'"GET (\S+)', line).group(1)) for line in lines if '"GET ' in line]
+
+
 def test_deploy_from_nothing_builds_and_verifies_the_lab(lab):
     result = lab.deploy("-y")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_lab_healthy(lab)
+
+    # every file was downloaded once, by the workstation (k3s too, though three VMs run it)
+    served = mirror_downloads(lab)
+    assert {client for client, _ in served} == {WS_ADDR}
+    paths = [path for _, path in served]
+    assert sorted(paths) == sorted(set(paths)) and "/k3s/v1.35.4+k3s1/k3s" in paths
 
     # k3s: pinned version, configured from its file, agents joined with the lab's token
     assert lab.vm("control", "k3s --version").startswith("k3s version v1.35.4+k3s1")
@@ -169,6 +200,22 @@ def test_rerun_reports_no_change_on_every_host(lab):
 
 def plain(result) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+
+
+def test_a_changed_secret_file_is_named_by_the_diff_never_shown(lab):
+    lab.vm("node1", "echo stale-token-value > /etc/rancher/k3s/calicolab-token")
+    lab.vm("host1", "echo 'stale: kubeconfig-value' > /home/ubuntu/.kube/config")
+    dry = lab.deploy("--dry", "--diff")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    shown = plain(dry)
+    assert "/etc/rancher/k3s/calicolab-token (content is secret, not shown)" in shown
+    assert "/home/ubuntu/.kube/config (content is secret, not shown)" in shown
+    assert "stale-token-value" not in shown and "kubeconfig-value" not in shown
+    fixed = lab.deploy("-y")
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
+    token = (lab.state_dir / "cluster-token").read_text()
+    assert lab.vm("node1", "cat /etc/rancher/k3s/calicolab-token") == token
+    assert_lab_healthy(lab)
 
 
 def ippool(lab: Lab) -> dict:
@@ -417,3 +464,31 @@ def test_teardown_removes_the_lab_vms_and_state_but_no_other_instance(lab):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert lab.instances() == {"someone-elses": "Running"}
     assert not lab.state_dir.exists()
+    assert workstation_cache(lab).is_dir(), "teardown keeps the downloads for the next build"
+
+
+def workstation_cache(lab: Lab) -> Path:
+    """The lab's $XDG_CACHE_HOME/calicolab/downloads (the netlab sets XDG_CACHE_HOME per lab)."""
+    return lab.netlab.workdir / "workstation-cache" / "calicolab" / "downloads"
+
+
+def test_a_rebuild_after_teardown_downloads_nothing_again(lab):
+    assert lab.netlab.multipass("delete", "--purge", "someone-elses").returncode == 0
+    before = len(lab.mirror.requests())
+    result = lab.deploy("-y")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_lab_healthy(lab)
+    assert mirror_downloads(lab, before) == []
+
+
+def test_a_corrupted_cached_download_is_refused_and_downloaded_again(lab):
+    for cached in workstation_cache(lab).rglob("kubectl"):
+        cached.write_bytes(b"#!/bin/sh\necho tampered\n")
+    before = len(lab.mirror.requests())
+    result = lab.deploy("-y")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    kubectl = "/kubectl/release/v1.35.4/bin/linux/amd64/kubectl"
+    assert sorted(path for _, path in mirror_downloads(lab, before)) == [kubectl, kubectl + ".sha256"]
+    published = (lab.mirror.root / kubectl.lstrip("/")).read_bytes()
+    installed = lab.vm("host1", "sha256sum /usr/local/bin/kubectl").split()[0]
+    assert installed == hashlib.sha256(published).hexdigest()

@@ -256,7 +256,7 @@ AGENT_CFG = """      server: https://198.19.0.1:6443
 def test_mirror_and_fake_k3s(netlab_mirror):
     lab, mirror = netlab_mirror.lab, netlab_mirror
     data = mirror.data
-    assert set(data) == {"k3s_install_url", "kubectl_url", "kubectl_sha256_url", "calicoctl_url",
+    assert set(data) == {"k3s_install_url", "k3s_release_url", "kubectl_url", "kubectl_sha256_url", "calicoctl_url",
                          "calicoctl_sha256_url"}
     launch_ud = lambda name, ip, cfg, token: lab.multipass(  # noqa: E731
         "launch", "-n", name, "--cloud-init", "-", "24.04", input=K3S_UD.format(ip=ip, cfg=cfg, token=token))

@@ -1,4 +1,4 @@
-"""Facts about k3s and the lab's command-line tools inside the VMs.
+"""Facts about k3s inside the VMs.
 
 Every fact command exits 0 when the thing asked about is absent (absence is a normal answer,
 a non-zero exit fails the host: pyinfra 3.10 ``pyinfra/api/facts.py``), and ``process`` raises only :class:`FactProcessError` on malformed output.
@@ -8,7 +8,6 @@ it from the operation that asks for them, or pass it to ``host.get_fact``.
 
 from __future__ import annotations
 
-import json
 import re
 
 from pyinfra.api import FactBase, StringCommand, QuoteString
@@ -16,37 +15,12 @@ from pyinfra.api.exceptions import FactProcessError
 
 K3S_BIN = "/usr/local/bin/k3s"
 
-_K3S_VERSION_RE = re.compile(r"^k3s version (v\S+)")
-
-
 def _k3s(*args) -> StringCommand:
     """``/usr/local/bin/k3s ARGS`` if the binary exists (no output otherwise, exit 0)."""
 
     return StringCommand(
         "if", "[", "-x", K3S_BIN, "];", "then", K3S_BIN, *args, "2>/dev/null", "||", "true;", "fi"
     )
-
-
-class K3sVersion(FactBase):
-    """
-    The installed k3s version (``k3s --version``), e.g. ``"v1.35.4+k3s1"``, or ``None`` when
-    k3s is not installed.
-
-    .. code:: python
-
-        host.get_fact(K3sVersion)  # "v1.35.4+k3s1"
-    """
-
-
-    def command(self):
-        return _k3s("--version")
-
-    def process(self, output):
-        for line in output:
-            match = _K3S_VERSION_RE.match(line.strip())
-            if match:
-                return match.group(1)
-        return None
 
 
 class K3sApiReadyz(FactBase):
@@ -78,12 +52,13 @@ class K3sNodes(FactBase):
         return _k3s("kubectl", "get", "nodes", "-o", "name", "--request-timeout=10s")
 
     def process(self, output):
-        names = []
-        for line in output:
-            line = line.strip()
-            if line.startswith("node/"):
-                names.append(line[len("node/"):])
-        return names
+        return node_names(output)
+
+
+def node_names(lines) -> list[str]:
+    """Node names from ``kubectl get nodes -o name`` lines: ``["node/control"]`` → ``["control"]``."""
+
+    return [line.strip()[len("node/"):] for line in lines if line.strip().startswith("node/")]
 
 
 class RewrittenFileSha256(FactBase):
@@ -111,64 +86,3 @@ class RewrittenFileSha256(FactBase):
             if re.fullmatch(r"[0-9a-f]{64}", digest):
                 return digest
         raise FactProcessError(f"unexpected sha256sum output: {output[:1]!r}")
-
-
-_KUBECTL_GITVERSION_RE = re.compile(r'"gitVersion"\s*:\s*"(v[^"]+)"')
-_CALICOCTL_CLIENT_RE = re.compile(r"^Client Version:\s*(v\S+)")
-
-
-def parse_tool_version(tool: str, output: list[str]) -> str | None:
-    """Parse a tool's version output: kubectl ``version --client -o json`` (gitVersion) or
-    calicoctl ``version`` (``Client Version:    v3.32.1``); other tools: first ``v...`` word."""
-
-    text = "\n".join(output)
-    if tool == "kubectl":
-        try:
-            data = json.loads(text)
-            version = (data.get("clientVersion") or {}).get("gitVersion")
-            if version:
-                return version
-        except (ValueError, AttributeError):
-            pass
-        match = _KUBECTL_GITVERSION_RE.search(text)
-        return match.group(1) if match else None
-    if tool == "calicoctl":
-        for line in output:
-            match = _CALICOCTL_CLIENT_RE.match(line.strip())
-            if match:
-                return match.group(1)
-        return None
-    match = re.search(r"\b(v\d+\.\d+\.\d+\S*)", text)
-    return match.group(1) if match else None
-
-
-class ToolVersion(FactBase):
-    """
-    The client version of an installed command-line tool, or ``None`` when the binary is absent.
-
-    + tool: ``"kubectl"`` (``kubectl version --client -o json`` → ``clientVersion.gitVersion``) or
-      ``"calicoctl"`` (``calicoctl version``, first line ``Client Version:    v3.32.1``; it also tries
-      to reach a cluster, hence a 20 s ``timeout``); any other tool: ``<path> --version``
-    + path: the binary's absolute path
-
-    .. code:: python
-
-        host.get_fact(ToolVersion, tool="kubectl", path="/usr/local/bin/kubectl")  # "v1.35.4"
-    """
-
-
-    def command(self, tool, path):
-        if tool == "kubectl":
-            args = ["version", "--client", "-o", "json"]
-        elif tool == "calicoctl":
-            args = ["version"]
-        else:
-            args = ["--version"]
-        self._tool = tool
-        return StringCommand(
-            "if", "[", "-x", QuoteString(path), "];", "then",
-            "timeout", "20", QuoteString(path), *args, "2>/dev/null", "||", "true;", "fi",
-        )
-
-    def process(self, output):
-        return parse_tool_version(getattr(self, "_tool", ""), output)

@@ -11,56 +11,65 @@ All operations need root in the VM: call them with ``_sudo=True``.
 from __future__ import annotations
 
 import hashlib
+import io
+import posixpath
 import re
 import shlex
 import time
 
 from pyinfra import host, logger, state
-from pyinfra.api import FunctionCommand, StringCommand, QuoteString, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, QuoteString, operation
 from pyinfra.api.util import format_text
+from pyinfra.facts.files import File, Sha256File
+from pyinfra.operations import files
 
-from calicolab.constants import K3S_CONFIG_PATH, K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
-from calicolab.facts.k3s import K3S_BIN, K3sApiReadyz, K3sNodes, K3sVersion, RewrittenFileSha256
-from calicolab.kube.waits import Check, Poller
+from calicolab.constants import K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
+from calicolab.downloads import Download, workstation_arch
+from calicolab.facts.k3s import K3S_BIN, K3sApiReadyz, K3sNodes, RewrittenFileSha256, node_names
 from calicolab.operations.common import fail_with
-from calicolab.operations.tools import file_commands
+from calicolab.polling import Check, Transient, poll
 from calicolab.state import LabState, SecretSource, StateError, register_kubeconfig_secrets
 
 ROLES = ("server", "agent")
+#: where the k3s installer is copied in the VMs (beside the scripts it writes itself)
+INSTALLER_PATH = "/usr/local/bin/k3s-install.sh"
+#: the systemd unit k3s' installer writes for each role
+UNITS = {"server": "k3s", "agent": "k3s-agent"}
 
 
 # --- pure helpers (unit-tested) ---------------------------------------------------------
 
 
-def server_url(lab) -> str:
-    """``https://<control lab ip>:<api port>``."""
-    return lab.api_url
+def k3s_downloads(lab) -> dict[str, Download]:
+    """The k3s binary (verified against the release's ``sha256sum-<arch>.txt``) and its installer,
+    by their paths in the VM: ``{"/usr/local/bin/k3s": Download(...), INSTALLER_PATH: Download(...)}``."""
+
+    arch = workstation_arch()
+    release = lab.k3s_release_url.format(version=lab.k3s_version)
+    binary = "k3s" if arch == "amd64" else f"k3s-{arch}"
+    return {
+        K3S_BIN: Download(f"{release}/{binary}", f"{release}/sha256sum-{arch}.txt"),
+        INSTALLER_PATH: Download(lab.k3s_install_url),
+    }
 
 
-def install_command(version: str, role: str, install_url: str, server_url: str | None = None) -> str:
-    """The k3s installer command line (run as root).
+def installer_command(role: str, server_url: str | None = None) -> str:
+    """The command running the copied k3s installer for ``role`` without downloading anything
+    (``INSTALL_K3S_SKIP_DOWNLOAD=true``: the binary is already in place).
 
-    ``curl -sfL <install_url>`` piped into ``sh -s -`` with ``INSTALL_K3S_VERSION`` and
-    ``INSTALL_K3S_EXEC=<role>``; agents also get ``K3S_URL`` and ``K3S_TOKEN_FILE`` (the token
-    stays in its file, never on a command line). Flags live in ``/etc/rancher/k3s/config.yaml``.
-    The script is fetched first (``script=$(curl ...)`` under ``set -e``), so a failed download
-    fails the command instead of feeding an empty script to ``sh`` (which exits 0).
+    Agents also get ``K3S_URL`` and ``K3S_TOKEN_FILE`` (the token stays in its file); every other
+    flag lives in ``/etc/rancher/k3s/config.yaml``.
     """
 
     if role not in ROLES:
         raise ValueError(f"k3s role must be one of {ROLES}, not {role!r}")
-    if not re.fullmatch(r"v[0-9A-Za-z.+-]+", version):
-        raise ValueError(f"invalid k3s version {version!r}")
-    env = [f"INSTALL_K3S_VERSION={shlex.quote(version)}"]
+    env = ["INSTALL_K3S_SKIP_DOWNLOAD=true"]
     if role == "agent":
         if not server_url or not server_url.startswith("https://"):
             raise ValueError("a k3s agent needs server_url='https://<server>:6443'")
         env += [f"K3S_URL={shlex.quote(server_url)}", f"K3S_TOKEN_FILE={shlex.quote(K3S_TOKEN_PATH)}"]
     env.append(f"INSTALL_K3S_EXEC={role}")
-    return (
-        f"set -e; script=\"$(curl -sfL {shlex.quote(install_url)})\"; "
-        f"printf '%s\\n' \"$script\" | {' '.join(env)} sh -s -"
-    )
+    return f"env {' '.join(env)} sh {shlex.quote(INSTALLER_PATH)}"
 
 
 def rewrite_kubeconfig(text: str, server: str) -> str:
@@ -83,6 +92,41 @@ def _as_source(content) -> SecretSource:
 
 
 # --- secrets ----------------------------------------------------------------------------
+
+
+def _secret_commands(dest: str, data: bytes, mode: str, user: str, group: str):
+    """The commands making ``dest`` hold ``data`` with ``mode``/owner, never showing the content.
+
+    ``files.put`` would print the content with ``--diff``; this only says that it changes. A new
+    file is created empty with its final mode first, so the secret never sits in a looser file.
+    """
+
+    remote = host.get_fact(File, path=dest)
+    if remote is False:
+        yield FunctionCommand(fail_with(f"{dest} exists on {host.name} and is not a regular file"), (), {})
+        return
+    content_same = bool(remote) and host.get_fact(Sha256File, path=dest) == hashlib.sha256(data).hexdigest()
+    meta_same = bool(remote) and (remote.get("mode"), remote.get("user"), remote.get("group")) == (
+        int(mode.lstrip("0") or "0"), user, group)
+    if content_same and meta_same:
+        host.noop(f"{dest} is up to date")
+        return
+    if state.config.DIFF and not content_same and not (state.is_executing and state.should_check_for_changes()):
+        verb = "modify" if remote else "create"
+        host.log(f"Will {verb} {format_text(dest, bold=True)} (content is secret, not shown)", logger.info)
+    if not content_same:
+        if not remote:
+            parent = posixpath.dirname(dest) or "/"
+            # The parent only when missing: install -d would reset an existing folder's mode.
+            yield StringCommand(
+                "{", "[", "-d", QuoteString(parent), "]", "||", "install", "-d", "-m", "0755", QuoteString(parent), ";", "}",
+                "&&", "install", "-m", mode, "-o", user, "-g", group, "/dev/null", QuoteString(dest),
+            )
+        else:
+            yield StringCommand("chmod", mode, QuoteString(dest))
+        yield FileUploadCommand(io.BytesIO(data), dest, remote_temp_filename=host.get_temp_filename(dest))
+    yield StringCommand("chown", f"{user}:{group}", QuoteString(dest))
+    yield StringCommand("chmod", mode, QuoteString(dest))
 
 
 @operation()
@@ -126,108 +170,76 @@ def secret_file(path: str, content, mode: str = "0600", user: str = "root", grou
             yield FunctionCommand(fail_with(f"{source.description} is not available"), (), {})
             return
 
-    yield from file_commands(path, data, mode=mode, user=user, group=group, show_diff=False)
+    yield from _secret_commands(path, data, mode, user, group)
 
 
-# --- configuration, installation, service -----------------------------------------------
-
-
-@operation()
-def config(lab, vm: str, path: str = K3S_CONFIG_PATH):
-    """
-    Write k3s' configuration file (``/etc/rancher/k3s/config.yaml``, 0600 root) for a VM.
-
-    + lab: the :class:`calicolab.model.Lab`
-    + vm: the VM name (``control`` renders a server config, ``node1``/``node2`` an agent config)
-    + path: remote path
-
-    Shows a diff with ``--diff`` (the file has no secret: it names the token *file*).
-    Its ``did_change()`` tells whether k3s must be restarted.
-
-    **Example:**
-
-    .. code:: python
-
-        cfg = k3s.config(name="Configure k3s", lab=lab, vm="control", _sudo=True)
-    """
-
-    from calicolab.render import render_k3s_config
-
-    text = render_k3s_config(lab, vm)
-    yield from file_commands(path, text.encode(), mode="0600", user="root", group="root", show_diff=True)
+# --- installation -------------------------------------------------------------------------
 
 
 @operation()
-def installed(version: str, role: str, install_url: str, server_url: str | None = None):
+def installed(role: str, server_url: str | None = None):
     """
-    Install k3s (or upgrade/downgrade it in place) with the official installer.
+    Run the k3s installer copied to the VM (``INSTALLER_PATH``), without downloading: it writes
+    the ``k3s`` (server) or ``k3s-agent`` systemd unit and starts it.
 
-    + version: e.g. ``"v1.35.4+k3s1"``; nothing happens when ``k3s --version`` reports it
     + role: ``"server"`` or ``"agent"``
-    + install_url: the installer script (``https://get.k3s.io``)
     + server_url: agents only, ``https://<control lab ip>:6443``
 
-    The installer (re)starts the service with ``/etc/rancher/k3s/config.yaml``; agents join with
-    ``K3S_TOKEN_FILE`` (the token never appears in the command).
+    No change when the role's unit exists. Upgrades need no installer: a new binary is copied
+    over the old one and the service restarted. An agent started before its server retries until
+    the server answers, so the agents may be installed together with the server.
 
     **Example:**
 
     .. code:: python
 
-        k3s.installed(
-            name="Install k3s agent",
-            version="v1.35.4+k3s1",
-            role="agent",
-            install_url="https://get.k3s.io",
-            server_url="https://198.19.0.1:6443",
-            _sudo=True,
-        )
+        k3s.installed(name="Install the k3s agent", role="agent",
+                      server_url="https://198.19.0.1:6443", _sudo=True)
     """
 
-    command = install_command(version, role, install_url, server_url)  # validates before any fact
-    current = host.get_fact(K3sVersion)
-    if current == version:
-        host.noop(f"k3s {version} is installed")
+    command = installer_command(role, server_url)  # validates before any fact
+    unit = f"/etc/systemd/system/{UNITS[role]}.service"
+    if host.get_fact(File, path=unit):
+        host.noop(f"k3s {role} is installed ({unit})")
         return
-    if current:
-        host.log(f"Will upgrade k3s {current} -> {version} ({role})", logger.info)
-    elif state.config.DIFF:
-        host.log(f"Will install k3s {version} ({role})", logger.info)
+    if state.config.DIFF:
+        host.log(f"Will install the k3s {role} ({unit})", logger.info)
     yield StringCommand(command)
 
 
 # --- waits --------------------------------------------------------------------------------
 
 
-def _run(host, *args, timeout: int = 30):
-    ok, output = host.run_shell_command(
-        StringCommand(K3S_BIN, *args), print_output=False, print_input=False, _sudo=True,
-        _timeout=timeout,
-    )
-    stdout = "\n".join(output.stdout_lines).strip()
-    stderr = "\n".join(output.stderr_lines).strip()
-    return ok, stdout, stderr
+def _kubectl(host, remaining: float, *args) -> list[str]:
+    """stdout lines of ``k3s kubectl ARGS`` on the host, bounded by ``remaining`` seconds.
+
+    A failing or timed-out call is :class:`Transient` (the API is not up yet): the wait goes on.
+    """
+
+    seconds = max(1, int(remaining))
+    try:
+        ok, output = host.run_shell_command(
+            StringCommand(K3S_BIN, "kubectl", *args, f"--request-timeout={seconds}s"),
+            print_output=False, print_input=False, _sudo=True, _timeout=seconds + 5,
+        )
+    except TimeoutError as e:  # gevent's Timeout is not an Exception; the connector raises this
+        raise Transient(f"no answer within {seconds}s: {e}") from None
+    if not ok:
+        raise Transient(" ".join(output.stderr_lines)[-500:] or "k3s kubectl failed")
+    return output.stdout_lines
 
 
-def _wait(check, what: str, timeout: int):
-    """FunctionCommand body: poll ``check(host) -> (done, last_output)`` until done or timeout
-    (the same backoff and progress lines as the Kubernetes waits)."""
+def _wait(probe, what: str, timeout: int):
+    """FunctionCommand body: ``poll`` ``probe(host, remaining) -> Check`` until done or ``timeout``."""
 
     def wait(state, host):
-        def probe() -> Check:
-            try:
-                done, last = check(host)
-            except Exception as e:  # connector hiccup: keep trying until the deadline
-                done, last = False, f"{type(e).__name__}: {e}"
-            return Check(done, last[-500:] or "(none)")
-
         start = time.monotonic()
-        result = Poller(what, timeout, host.log).run(probe)
+        result = poll(what, timeout, lambda remaining: probe(host, remaining), log=host.log)
         if result.done:
             host.log(f"{what}: ok after {int(time.monotonic() - start)}s")
             return True
         host.log_styled(
-            f"{what}: not reached within {timeout}s on {host.name}; last output: {result.message}",
+            f"{what}: not reached within {timeout}s on {host.name}; last seen: {result.message[-500:]}",
             fg="red",
             log_func=logger.error,
         )
@@ -237,9 +249,9 @@ def _wait(check, what: str, timeout: int):
     return wait
 
 
-def _readyz(host):
-    ok, stdout, stderr = _run(host, "kubectl", "get", "--raw", "/readyz", "--request-timeout=10s", timeout=20)
-    return ok and stdout == "ok", stdout or stderr
+def _readyz(host, remaining: float) -> Check:
+    answer = "\n".join(_kubectl(host, remaining, "get", "--raw", "/readyz")).strip()
+    return Check(answer == "ok", answer or "(no answer)")
 
 
 @operation(is_idempotent=True)
@@ -266,18 +278,13 @@ def api_ready(timeout: int = 300):
     yield FunctionCommand(_wait(_readyz, "k3s API /readyz", timeout), (), {})
 
 
-def _nodes_check(names):
-    wanted = list(names)
+def registered_check(present, names) -> Check:
+    """Whether every node of ``names`` is in ``present`` (registered; Ready comes with Calico)."""
 
-    def check(host):
-        ok, stdout, stderr = _run(host, "kubectl", "get", "nodes", "-o", "name", "--request-timeout=10s", timeout=20)
-        present = {line[len("node/"):] for line in stdout.splitlines() if line.startswith("node/")}
-        missing = [n for n in wanted if n not in present]
-        if ok and not missing:
-            return True, stdout
-        return False, (f"missing {', '.join(missing)}; " if ok else "") + (stdout or stderr)
-
-    return check
+    missing = [n for n in names if n not in set(present)]
+    if missing:
+        return Check(False, f"not registered yet: {', '.join(missing)}")
+    return Check(True, f"nodes registered: {', '.join(names)}")
 
 
 @operation()
@@ -297,14 +304,17 @@ def node_registered(names: list[str], timeout: int = 300):
         k3s.node_registered(name="Nodes registered", names=["control", "node1", "node2"], _sudo=True)
     """
 
-    present = set(host.get_fact(K3sNodes))
-    missing = [n for n in names if n not in present]
-    if not missing:
-        host.noop(f"nodes registered: {', '.join(names)}")
+    check = registered_check(host.get_fact(K3sNodes), names)
+    if check.done:
+        host.noop(check.message)
         return
     if not state.is_executing:
-        host.log(f"will wait up to {timeout}s for node(s) to register: {', '.join(missing)}")
-    yield FunctionCommand(_wait(_nodes_check(names), f"nodes {', '.join(names)} registered", timeout), (), {})
+        host.log(f"will wait up to {timeout}s: {check.message}")
+
+    def probe(host, remaining: float) -> Check:
+        return registered_check(node_names(_kubectl(host, remaining, "get", "nodes", "-o", "name")), names)
+
+    yield FunctionCommand(_wait(probe, f"nodes {', '.join(names)} registered", timeout), (), {})
 
 
 # --- kubeconfig -----------------------------------------------------------------------------
@@ -359,7 +369,7 @@ def kubeconfig_fetched(lab, remote_path: str = K3S_KUBECONFIG_PATH):
     """
 
     local = LabState(lab.state_path)
-    server = server_url(lab)
+    server = lab.api_url
     remote_sha = host.get_fact(RewrittenFileSha256, path=remote_path, server=server)
     current = local.read_kubeconfig()
     if remote_sha is not None and current is not None and hashlib.sha256(current).hexdigest() == remote_sha:
@@ -402,13 +412,5 @@ def kubeconfig_installed(lab, path: str, user: str = "ubuntu", group: str | None
     source = LabState(lab.state_path).kubeconfig_source()
     # decide everything (and log it) before the first yield
     file_changes = list(secret_file._inner(path, source, mode="0600", user=user, group=group))
-    if _needs_dir(parent, user):
-        yield StringCommand("install", "-d", "-m", "0700", "-o", user, "-g", group, QuoteString(parent))
+    yield from files.directory._inner(path=parent, user=user, group=group, mode="0700")
     yield from file_changes
-
-
-def _needs_dir(parent: str, user: str) -> bool:
-    from pyinfra.facts.files import Directory
-
-    info = host.get_fact(Directory, path=parent)
-    return not info or info.get("user") != user or info.get("mode") != 700

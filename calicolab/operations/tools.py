@@ -1,320 +1,135 @@
 """
-Files and command-line tools inside the lab VMs: checksum-verified binary downloads (kubectl,
-calicoctl on host1) and managed files whose content may be shown as a diff or must stay hidden.
+Command-line tools inside the lab VMs, copied from the workstation's download cache
+(:mod:`calicolab.downloads`): the k3s binary and its installer on the k3s nodes, kubectl and
+calicoctl on host1. A file is replaced only when its sha256 differs from the verified download.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import posixpath
-import re
-import shlex
-
+import gevent
 from pyinfra import host, logger, state
-from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, QuoteString, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.util import format_text
-from pyinfra.facts.files import File, FileContents, Sha256File
-from pyinfra.facts.server import Arch
-from pyinfra.operations.util.files import generate_color_diff
+from pyinfra.facts.files import Sha256File
 
-from calicolab.facts.k3s import ToolVersion
+from calicolab.downloads import CachedFile, Download, DownloadCache, DownloadError
 from calicolab.operations.common import fail_with, print_once
 
-#: ``uname -m`` → the architecture name used in kubectl / calicoctl download URLs.
-ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+PROFILE_PATH = "/etc/profile.d/calicolab.sh"
 
 
-class ChecksumError(ValueError):
-    """A checksum file cannot be parsed or does not list the wanted file."""
+def _fetch_all(cache: DownloadCache, items: list[Download]) -> list[CachedFile]:
+    """Every download at once (the slowest one sets the time, not their sum)."""
+    jobs = [gevent.spawn(cache.fetch, item) for item in items]
+    gevent.joinall(jobs)
+    for job in jobs:
+        if job.exception is not None:
+            raise job.exception
+    return [job.value for job in jobs]
 
 
-# --- pure helpers (unit-tested) ---------------------------------------------------------
-
-
-def go_arch(machine: str | None) -> str | None:
-    """``uname -m`` output → ``amd64`` / ``arm64`` (None if unknown or missing)."""
-
-    if not machine:
-        return None
-    return ARCHES.get(machine.strip())
-
-
-def parse_sha256_file(text: str, filename: str) -> str:
-    """The expected sha256 of ``filename`` from an upstream checksum file.
-
-    Supports both formats:
-
-    * a bare digest (kubectl's ``<url>.sha256``: the file holds only the hex digest);
-    * ``sha256sum`` / ``SHA256SUMS`` lines ``<hex>  <name>`` or ``<hex> *<name>`` (calicoctl's
-      release ``SHA256SUMS``); ``<name>`` matches on its basename, so ``bin/calicoctl-linux-amd64``
-      matches ``calicoctl-linux-amd64``.
-
-    Raises :class:`ChecksumError` when no digest for ``filename`` is found.
-    """
-
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if len(lines) == 1 and _HEX64.match(lines[0]):
-        return lines[0].lower()
-    for line in lines:
-        parts = line.split(None, 1)
-        if len(parts) != 2 or not _HEX64.match(parts[0]):
-            continue
-        name = parts[1].strip().lstrip("*")
-        if name == filename or posixpath.basename(name) == filename:
-            return parts[0].lower()
-    raise ChecksumError(f"no sha256 digest for {filename!r} in the checksum file")
-
-
-def format_url(template: str, version: str, arch: str) -> str:
-    return template.format(version=version, arch=arch)
-
-
-def install_checked_command(url: str, expected_sha256: str, dest: str, mode: str = "0755") -> str:
-    """Shell script: download ``url`` to a temp file, verify it against ``expected_sha256``
-    (fails with "checksum mismatch" otherwise), install it to ``dest`` with ``mode``, root-owned."""
-
-    if not _HEX64.match(expected_sha256):
-        raise ChecksumError(f"invalid sha256 digest {expected_sha256!r}")
-    q = shlex.quote
-    return (
-        "set -e; tmp=$(mktemp); trap 'rm -f \"$tmp\"' EXIT; "
-        f"curl -fsSL --retry 3 --connect-timeout 20 -o \"$tmp\" {q(url)}; "
-        "actual=$(sha256sum \"$tmp\" | cut -d' ' -f1); "
-        f"if [ \"$actual\" != {q(expected_sha256.lower())} ]; then "
-        f"echo \"checksum mismatch: expected {expected_sha256.lower()}, got $actual\" >&2; "
-        "exit 1; fi; "
-        f"install -D -m {q(mode)} -o root -g root \"$tmp\" {q(dest)}"
-    )
-
-
-def _output_text(output) -> str:
-    return output.output
-
-
-def _stdout_text(output) -> str:
-    return "\n".join(output.stdout_lines)
-
-
-# --- managed files ----------------------------------------------------------------------
-
-
-def file_commands(
-    dest: str,
-    content: bytes,
-    mode: str = "0644",
-    user: str = "root",
-    group: str = "root",
-    show_diff: bool = True,
-):
-    """Generator of the commands making ``dest`` hold ``content`` (body of a file operation).
-
-    Decides from facts before its first yield and logs "No change" through ``host.noop``.
-    With ``show_diff`` and ``--diff`` it prints a unified diff once per run; with
-    ``show_diff=False`` it only says that the (hidden) content will change. The file is created
-    empty with the target mode/owner *before* the upload, so its content never exists with a
-    looser mode (the upload overwrites in place).
-    """
-
-    mode_int = int(mode, 8)
-    remote = host.get_fact(File, path=dest)
-    if remote is False:
-        yield FunctionCommand(fail_with(f"{dest} exists on {host.name} and is not a regular file"), (), {})
-        return
-
-    if remote:
-        remote_sha = host.get_fact(Sha256File, path=dest)
-        content_same = remote_sha == hashlib.sha256(content).hexdigest()
-        meta_same = (
-            remote.get("mode") == int(oct(mode_int)[2:])
-            and remote.get("user") == user
-            and remote.get("group") == group
-        )
-    else:
-        content_same = meta_same = False
-
-    if content_same and meta_same:
-        host.noop(f"{dest} is up to date")
-        return
-
-    if state.config.DIFF and print_once():
-        verb = "modify" if remote else "create"
-        if not show_diff:
-            if not content_same:
-                host.log(f"Will {verb} {format_text(dest, bold=True)} (content is secret, not shown)", logger.info)
-        elif not content_same:
-            host.log(f"Will {verb} {format_text(dest, bold=True)}", logger.info)
-            current_lines: list[str] = []
-            if remote:
-                current = host.get_fact(FileContents, path=dest) or []
-                current_lines = [line + "\n" for line in current]
-            desired_lines = content.decode("utf-8", "replace").splitlines(keepends=True)
-            for line in generate_color_diff(current_lines, desired_lines):
-                logger.info("  %s", line)
-            logger.info("")
-        if not meta_same and remote:
-            host.log(f"Will set {dest} to mode {mode} owner {user}:{group}", logger.info)
-
-    if not content_same:
-        parent = posixpath.dirname(dest) or "/"
-        if not remote:
-            # an empty file with the final mode and owner; the upload then fills it in place.
-            # The parent is created only when missing: install -d would reset an existing folder's mode.
-            yield StringCommand(
-                "{", "[", "-d", QuoteString(parent), "]", "||", "install", "-d", "-m", "0755", QuoteString(parent), ";", "}",
-                "&&",
-                "install", "-m", mode, "-o", user, "-g", group, "/dev/null", QuoteString(dest),
-            )
-        else:
-            yield StringCommand("chmod", mode, QuoteString(dest))
-        yield FileUploadCommand(
-            io.BytesIO(content),
-            dest,
-            remote_temp_filename=host.get_temp_filename(dest),
-        )
-    yield StringCommand("chown", f"{user}:{group}", QuoteString(dest))
-    yield StringCommand("chmod", mode, QuoteString(dest))
-
-
-@operation()
-def rendered_file(dest: str, content: str, mode: str = "0644", user: str = "root", group: str = "root"):
-    """
-    Make a remote file hold a rendered text (like ``files.put`` with a string), with a diff
-    in ``--diff`` (also for brand-new files and in ``--dry``).
-
-    + dest: remote path (its folder is created if missing)
-    + content: the text
-    + mode / user / group: the file's permissions and owner
-
-    **Example:**
-
-    .. code:: python
-
-        tools.rendered_file(
-            name="Write BIRD configuration",
-            dest="/etc/bird/bird.conf",
-            content=render_bird_conf(lab),
-            mode="0644",
-            _sudo=True,
-        )
-    """
-
-    yield from file_commands(dest, content.encode(), mode=mode, user=user, group=group, show_diff=True)
-
-
-# --- checked binaries -------------------------------------------------------------------
-
-
-def _install_binary(state, host, tool, url, sha256_url, filename, dest, version, mode):
-    """FunctionCommand body (Execute): fetch the checksum file, parse it, download + verify +
-    install in the VM. Returns False (clean op error) on any failure, naming host and cause."""
-
-    ok, output = host.run_shell_command(
-        StringCommand("curl", "-fsSL", "--retry", "3", "--connect-timeout", "20", QuoteString(sha256_url)),
-        print_output=False,
-        print_input=state.print_input,
-    )
-    if not ok:
-        host.log_styled(
-            f"{tool} {version}: cannot download the checksum file {sha256_url}: "
-            f"{_output_text(output)[-500:]}",
-            fg="red",
-            log_func=logger.error,
-        )
-        return False
+def _fetch_quietly(cache: DownloadCache, item: Download) -> None:
     try:
-        expected = parse_sha256_file(_stdout_text(output), filename)
-    except ChecksumError as e:
-        host.log_styled(f"{tool} {version}: {sha256_url}: {e}", fg="red", log_func=logger.error)
-        return False
+        cache.fetch(item)
+    except DownloadError:
+        pass  # the step that installs the file downloads it again and reports the cause
 
-    ok, output = host.run_shell_command(
-        StringCommand(install_checked_command(url, expected, dest, mode)),
-        print_output=state.print_output,
-        print_input=state.print_input,
-        _sudo=True,
-    )
-    if not ok:
-        host.log_styled(
-            f"{tool} {version}: install from {url} failed: {_output_text(output)[-500:]}",
-            fg="red",
-            log_func=logger.error,
-        )
-        return False
-    host.log(f"installed {tool} {version} to {dest} (sha256 {expected[:12]}… verified)")
+
+def _start(state, host, cache: DownloadCache, items: list[Download]) -> bool:
+    for item in items:
+        gevent.spawn(_fetch_quietly, cache, item)
     return True
 
 
-@operation()
-def binary(tool: str, url: str, sha256_url: str, dest: str, version: str, mode: str = "0755"):
+@operation(is_idempotent=True)
+def downloads_started(files: list[Download], cache_dir: str | None = None):
     """
-    Install a single-file binary from an upstream URL, verified against the upstream sha256.
+    Start the downloads the VMs will need into the workstation cache, in the background, so they
+    overlap the VMs' launch. Run it on the workstation, before the launch.
 
-    + tool: ``"kubectl"`` or ``"calicoctl"`` (selects the version check, see
-      :class:`calicolab.facts.k3s.ToolVersion`); named ``tool`` because ``name`` is pyinfra's
-    + url: download URL template with ``{version}`` and ``{arch}`` (``amd64`` / ``arm64`` from
-      ``uname -m``)
-    + sha256_url: checksum URL template (same placeholders): either a bare digest file
-      (kubectl's ``.sha256``) or a ``SHA256SUMS`` file with ``<hex>  <filename>`` lines
-    + dest: install path (mode ``mode``, root-owned)
-    + version: the wanted version, e.g. ``"v1.35.4"``
+    + files: the :class:`calicolab.downloads.Download` items
+    + cache_dir: the cache folder (default: :meth:`DownloadCache.default`)
 
-    Idempotent: nothing happens when the installed binary reports ``version``. The download and
-    the check run in the VM (curl into a temp file, ``sha256sum``, ``install``); a digest
-    mismatch fails the operation and leaves ``dest`` untouched. Needs root (``_sudo=True``).
+    Returns at once. :func:`downloads_installed` later waits for a download still under way, and
+    downloads (and reports) again one that failed here.
 
     **Example:**
 
     .. code:: python
 
-        tools.binary(
-            name="Install kubectl on host1",
-            tool="kubectl",
-            url="https://dl.k8s.io/release/{version}/bin/linux/{arch}/kubectl",
-            sha256_url="https://dl.k8s.io/release/{version}/bin/linux/{arch}/kubectl.sha256",
-            dest="/usr/local/bin/kubectl",
-            version="v1.35.4",
+        tools.downloads_started(name="Downloads for the VMs", files=[Download(url, checksum_url)])
+    """
+
+    cache = DownloadCache(cache_dir) if cache_dir else DownloadCache.default()
+    missing = [item for item in files if cache.cached(item) is None]
+    if not missing:
+        host.noop(f"all downloads are in {cache.root}")
+        return
+    if print_once():
+        host.log(f"will download {len(missing)} file(s) into {cache.root} while the VMs start", logger.info)
+    yield FunctionCommand(_start, (cache, missing), {})
+
+
+@operation()
+def downloads_installed(files: dict[str, Download], mode: str = "0755", cache_dir: str | None = None):
+    """
+    Install files from the workstation's download cache, fetching (and verifying) what is missing.
+
+    + files: remote path → :class:`calicolab.downloads.Download` (URL and published checksum URL)
+    + mode: the installed files' mode (root-owned)
+    + cache_dir: the cache folder (default: :meth:`DownloadCache.default`)
+
+    A file whose remote sha256 equals the verified download is left alone. A new file is uploaded
+    beside its destination and renamed into place, so a running binary (k3s) is replaced, never
+    overwritten. Downloads happen only while the run executes (``--dry`` fetches nothing and
+    reports a change for what is not cached yet); a failed download or checksum ends the operation
+    with the URL and the cause, and installs nothing. Needs root (``_sudo=True``).
+
+    **Example:**
+
+    .. code:: python
+
+        tools.downloads_installed(
+            name="kubectl from the workstation cache",
+            files={"/usr/local/bin/kubectl": Download(
+                "https://dl.k8s.io/release/v1.35.4/bin/linux/amd64/kubectl",
+                "https://dl.k8s.io/release/v1.35.4/bin/linux/amd64/kubectl.sha256")},
             _sudo=True,
         )
     """
 
-    installed = host.get_fact(ToolVersion, tool=tool, path=dest)
-    if installed == version:
-        host.noop(f"{tool} {version} is installed at {dest}")
-        return
-
-    machine = host.get_fact(Arch)
-    arch = go_arch(machine)
-    if arch is None:
-        if not state.is_executing:
-            host.log(f"{tool}: architecture not known yet (VM not inspectable); assuming {version} will be installed")
-            yield FunctionCommand(fail_with(f"{tool}: unknown architecture"), (), {})
+    cache = DownloadCache(cache_dir) if cache_dir else DownloadCache.default()
+    cached = {dest: cache.cached(item) for dest, item in files.items()}
+    missing = [files[dest] for dest, found in cached.items() if found is None]
+    if missing and state.is_executing:
+        try:
+            for item, found in zip(missing, _fetch_all(cache, missing)):
+                cached.update({dest: found for dest, other in files.items() if other == item})
+        except DownloadError as e:
+            yield FunctionCommand(fail_with(str(e)), (), {})
             return
-        yield FunctionCommand(
-            fail_with(f"{tool}: unsupported architecture {machine!r} on {host.name} (need x86_64 or aarch64)"),
-            (),
-            {},
-        )
+
+    changes = []
+    for dest, found in cached.items():
+        remote = host.get_fact(Sha256File, path=dest)
+        if found is None:
+            changes.append((dest, None, f"will download {files[dest].url} into {cache.root}"))
+        elif remote != found.sha256:
+            verb = "replace" if remote else "install"
+            changes.append((dest, found, f"Will {verb} {format_text(dest, bold=True)} (sha256 {found.sha256[:12]}…)"))
+    if not changes:
+        host.noop(f"{', '.join(files)} match the verified downloads")
         return
+    if print_once():
+        for _, _, line in changes:
+            host.log(line, logger.info)
 
-    real_url = format_url(url, version, arch)
-    real_sha_url = format_url(sha256_url, version, arch)
-    filename = posixpath.basename(real_url)
-    if state.config.DIFF and print_once():
-        host.log(
-            f"Will {'upgrade' if installed else 'install'} {tool} "
-            f"{installed + ' -> ' if installed else ''}{version} ({real_url}) at {dest}",
-            logger.info,
-        )
-    yield FunctionCommand(
-        _install_binary,
-        (tool, real_url, real_sha_url, filename, dest, version, mode),
-        {},
-    )
-
-
-# --- profile --------------------------------------------------------------------------
-
-PROFILE_PATH = "/etc/profile.d/calicolab.sh"
+    for dest, found, _ in changes:
+        if found is None:  # planning only: the executing run downloads it first
+            yield FunctionCommand(fail_with(f"{files[dest].url} is not downloaded"), (), {})
+            continue
+        new = f"{dest}.calicolab-new"
+        yield FileUploadCommand(str(found.path), new, remote_temp_filename=host.get_temp_filename(new))
+        yield StringCommand("chown", "root:root", QuoteString(new))
+        yield StringCommand("chmod", mode, QuoteString(new))
+        yield StringCommand("mv", "-f", QuoteString(new), QuoteString(dest))

@@ -612,11 +612,16 @@ class NetLab:
         return p
 
     def ws_env(self, extra: dict | None = None) -> dict:
-        """Environment for commands run in the workstation namespace: the multipass double first in PATH and the
-        lab state file in CALICOLAB_NETLAB_STATE."""
+        """Environment for commands run in the workstation namespace: the multipass double first in PATH, the
+        lab state file in CALICOLAB_NETLAB_STATE, the lab's own XDG cache folder and, once a mirror runs, its CA."""
         env = {"PATH": f"{self.bin_dir}:{os.path.dirname(SYS_PYTHON)}:{os.path.dirname(sys.executable)}:"
                        f"{os.environ.get('PATH', '')}",
-               STATE_ENV: str(self.state_path)}
+               STATE_ENV: str(self.state_path),
+               # the workstation's download cache of this lab, and trust in its mirror, as a user's would be
+               "XDG_CACHE_HOME": str(self.workdir / "workstation-cache")}
+        trusted = self.state().get("trusted_ca")
+        if trusted:
+            env["SSL_CERT_FILE"] = trusted
         env.update(extra or {})
         return env
 

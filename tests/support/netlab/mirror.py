@@ -94,6 +94,7 @@ class Mirror:
         calico = f"{BASE}/calicoctl/releases/download/{{version}}"
         return {
             "k3s_install_url": f"{BASE}/k3s/install.sh",
+            "k3s_release_url": f"{BASE}/k3s/{{version}}",
             "kubectl_url": kubectl,
             "kubectl_sha256_url": kubectl + ".sha256",
             "calicoctl_url": f"{calico}/calicoctl-linux-{{arch}}",
