@@ -146,6 +146,7 @@ class Lab:
     service_cidr: ipaddress.IPv4Network
     k3s_api_port: int
     k3s_install_url: str
+    k3s_release_url: str
     # Calico (tigera-operator)
     calico_version: str
     tigera_operator_image: str

@@ -29,7 +29,6 @@ def test_no_dead_code():
 def test_every_allowed_name_is_one_the_scan_reports():
     allowed = [node.value.id for node in ast.parse(ALLOW_LIST.read_text()).body
                if isinstance(node, ast.Expr) and isinstance(node.value, ast.Name)]
-    assert allowed
     findings = vulture(*SCANNED).stdout
     stale = [name for name in allowed if f"'{name}'" not in findings]
     assert not stale, f"{stale} in {ALLOW_LIST.name} are not reported without it: remove them"
