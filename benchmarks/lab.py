@@ -37,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,8 +110,8 @@ class Bench:
     def pyinfra(self, *args: str, command: tuple[str, ...] = (PYINFRA,), timeout: float = 1200) -> float:
         """Run ``pyinfra inventory.py ARGS`` (with the mirror's and the state folder's --data); seconds taken.
         ``command``: how pyinfra is started (e.g. under cProfile)."""
-        argv = [*command, "inventory.py", *args, *self.mirror.data_args(),
-                f"--data=state_dir={self.state_dir}"]
+        # options first: after ``exec -- CMD`` they would become CMD's arguments
+        argv = [*command, *self.mirror.data_args(), f"--data=state_dir={self.state_dir}", "inventory.py", *args]
         start = time.perf_counter()
         result = self.lab.ws_run(argv, env=self.env, cwd=str(ROOT), timeout=timeout, stdin=subprocess.DEVNULL)
         elapsed = time.perf_counter() - start
@@ -155,7 +157,7 @@ def exec_host(argv: list[str]) -> str:
 BINARY = re.compile(r"/(k3s|kubectl|calicoctl-linux-\w+)$")
 
 
-def timeline(bench: Bench, run_start: float, calls: list[dict], requests: list[dict], names: dict) -> list[str]:
+def timeline(run_start: float, calls: list[dict], requests: list[dict], names: dict) -> list[str]:
     rows = []
     for call in calls:
         if call["argv"][:1] == ["launch"]:
@@ -242,39 +244,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", type=Path, metavar="DIR", help="also profile a re-run and a dry run into DIR")
     options = parser.parse_args()
+    m = types.SimpleNamespace()  # the measurements
     with netlab_session() as lab, tempfile.TemporaryDirectory(prefix="calicolab-bench-") as scratch:
         mirror = Mirror(lab).start()
         try:
             bench = Bench(lab, mirror, Path(scratch))
             delays = dict(REALISTIC_DELAYS)
             lab.set_delays(delays)
-            path_seconds, path = critical_path(delays)
+            m.path_seconds, m.path = critical_path(delays)
 
             progress("build from nothing, with delays")
-            run_start = time.time()
-            build = bench.pyinfra("deploy.py", "-y")
-            names = vm_of_address(lab)
-            build_requests = mirror.request_starts()
-            build_calls = bench.calls()
+            m.load_before = os.getloadavg()
+            m.run_start = time.time()
+            m.build = bench.pyinfra("deploy.py", "-y")
+            m.names = vm_of_address(lab)
+            m.build_requests = mirror.request_starts()
+            m.build_calls = bench.calls()
 
             progress("teardown, then rebuild (with delays)")
-            teardown = bench.pyinfra("teardown.py", "-y")
+            m.teardown = bench.pyinfra("teardown.py", "-y")
             seen = len(mirror.request_starts())
-            rebuild = bench.pyinfra("deploy.py", "-y")
-            rebuild_requests = mirror.request_starts()[seen:]
+            m.rebuild = bench.pyinfra("deploy.py", "-y")
+            m.rebuild_requests = mirror.request_starts()[seen:]
 
             lab.set_delays({})
             progress("without delays: floor, re-run, dry run")
             bench.pyinfra("exec", "-y", "--", "true")  # warm-up (imports, page cache)
-            floor, floor_samples = bench.median(SAMPLES_FLOOR, "exec", "-y", "--", "true")
+            m.floor, m.floor_samples = bench.median(SAMPLES_FLOOR, "exec", "-y", "--", "true")
             before = len(bench.calls())
-            rerun_samples = [bench.pyinfra("deploy.py", "-y")]
-            rerun_calls = bench.calls()[before:]  # one no-op re-run's calls
-            rerun_samples += [bench.pyinfra("deploy.py", "-y") for _ in range(SAMPLES_RUN - 1)]
-            rerun = statistics.median(rerun_samples)
-            dry, dry_samples = bench.median(SAMPLES_RUN, "deploy.py", "--dry", "--diff")
+            m.rerun_samples = [bench.pyinfra("deploy.py", "-y")]
+            m.rerun_calls = bench.calls()[before:]  # one no-op re-run's calls
+            m.rerun_samples += [bench.pyinfra("deploy.py", "-y") for _ in range(SAMPLES_RUN - 1)]
+            m.rerun = statistics.median(m.rerun_samples)
+            m.dry, m.dry_samples = bench.median(SAMPLES_RUN, "deploy.py", "--dry", "--diff")
+            m.load_after = os.getloadavg()
 
-            print(report(**locals()), flush=True)
+            print(report(m), flush=True)
             if options.profile:
                 print("\n".join(profile(bench, options.profile)), flush=True)
                 for log in (bench.calls_log, mirror.log_path):
@@ -283,41 +288,59 @@ def main() -> None:
             mirror.stop()
 
 
-def report(build, run_start, teardown, rebuild, path, path_seconds, rebuild_requests, build_requests, build_calls,
-           names, floor, floor_samples, rerun, rerun_samples, rerun_calls, dry, dry_samples, bench, **_) -> str:
+def machine() -> str:
+    """nproc, CPU model, RAM, Python and pyinfra versions: the line that says what the figures were taken on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?")
+    mem_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:")), 0)
+    return (f"Machine: nproc {os.cpu_count()}, CPU {cpu}, RAM {mem_kb / 1024 ** 2:.0f} GiB, Python "
+            f"{sys.version.split()[0]}, pyinfra {metadata.version('pyinfra')}")
+
+
+def report(m: types.SimpleNamespace) -> str:
     """The figures, ready to paste into RESULTS.md."""
-    figures: list[str] = []
-    figures.append(f"### Figures ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
-    figures.append("```")
-    figures.append("Injected delays: " + ", ".join(f"{k} {v:g} s" for k, v in REALISTIC_DELAYS.items()))
-    figures.append(f"Critical path:   {' + '.join(f'{step} {s:g}' for step, s in path)} = {path_seconds:g} s")
-    figures.append("")
-    figures.append("WITH delays")
-    figures.append(f"  build from nothing            {build:7.1f} s   = {build / path_seconds:.2f} x critical "
-                   f"path ({path_seconds:g} s)")
-    figures.append(f"  teardown                      {teardown:7.1f} s")
-    figures.append(f"  rebuild after teardown        {rebuild:7.1f} s   = {rebuild / path_seconds:.2f} x critical path")
-    binaries = collections.Counter(r["path"].rsplit("/", 1)[-1] for r in rebuild_requests
+    def samples(values):
+        return ", ".join(f"{v:.2f}" for v in values)
+
+    def load(values):
+        return "/".join(f"{v:.1f}" for v in values)
+
+    binaries = collections.Counter(r["path"].rsplit("/", 1)[-1] for r in m.rebuild_requests
                                    if BINARY.search(r["path"].split("?")[0]))
-    figures.append(f"  mirror requests in rebuild    {len(rebuild_requests):7d}     of them binaries: "
-                   f"{sum(binaries.values())} ({', '.join(f'{name} x{n}' for name, n in sorted(binaries.items()))})")
-    figures.append(f"  mirror requests in first build {len(build_requests):6d}     of them binaries: "
-                   f"{sum(1 for r in build_requests if BINARY.search(r['path'].split('?')[0]))}")
-    figures.append("  timeline of the build (from the start of the run):")
-    figures += timeline(bench, run_start, build_calls, build_requests, names)
-    figures.append("")
-    figures.append("WITHOUT delays (built lab; median of samples)")
-    figures.append(f"  floor: exec -y -- true        {floor:7.2f} s   samples {', '.join(f'{s:.2f}' for s in floor_samples)}")
-    figures.append(f"  converged re-run deploy -y    {rerun:7.2f} s   = {rerun / floor:.1f} x floor   samples "
-                   f"{', '.join(f'{s:.2f}' for s in rerun_samples)}")
-    figures.append(f"  dry run --dry --diff          {dry:7.2f} s   = {dry / floor:.1f} x floor   samples "
-                   f"{', '.join(f'{s:.2f}' for s in dry_samples)}")
-    per_host = multipass_calls_per_host(rerun_calls)
-    figures.append("  multipass calls in one no-op re-run, per host:")
+    build_binaries = sum(1 for r in m.build_requests if BINARY.search(r["path"].split("?")[0]))
+    lines = [
+        f"### Figures ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        "```",
+        machine(),
+        f"Load average (1/5/15 min) at the start {load(m.load_before)}, at the end {load(m.load_after)}",
+        "Injected delays: " + ", ".join(f"{k} {v:g} s" for k, v in REALISTIC_DELAYS.items()),
+        f"Critical path:   {' + '.join(f'{step} {s:g}' for step, s in m.path)} = {m.path_seconds:g} s",
+        "",
+        "WITH delays",
+        f"  build from nothing            {m.build:7.1f} s   = {m.build / m.path_seconds:.2f} x critical path "
+        f"({m.path_seconds:g} s)",
+        f"  teardown                      {m.teardown:7.1f} s",
+        f"  rebuild after teardown        {m.rebuild:7.1f} s   = {m.rebuild / m.path_seconds:.2f} x critical path",
+        f"  mirror requests in rebuild    {len(m.rebuild_requests):7d}     of them binaries: "
+        f"{sum(binaries.values())} ({', '.join(f'{name} x{n}' for name, n in sorted(binaries.items()))})",
+        f"  mirror requests in the build  {len(m.build_requests):7d}     of them binaries: {build_binaries}",
+        "  timeline of the build (from the start of the run):",
+        *timeline(m.run_start, m.build_calls, m.build_requests, m.names),
+        "",
+        "WITHOUT delays (built lab; median of samples)",
+        f"  floor: exec -y -- true        {m.floor:7.2f} s   samples {samples(m.floor_samples)}",
+        f"  converged re-run deploy -y    {m.rerun:7.2f} s   = {m.rerun / m.floor:.1f} x floor   samples "
+        f"{samples(m.rerun_samples)}",
+        f"  dry run --dry --diff          {m.dry:7.2f} s   = {m.dry / m.floor:.1f} x floor   samples "
+        f"{samples(m.dry_samples)}",
+        "  multipass calls in one no-op re-run, per host:",
+    ]
+    per_host = multipass_calls_per_host(m.rerun_calls)
     for host in sorted(per_host):
-        figures.append(f"    {host:<14} " + ", ".join(f"{cmd} {n}" for cmd, n in sorted(per_host[host].items())))
-    figures.append("```")
-    return "\n".join(figures)
+        lines.append(f"    {host:<14} " + ", ".join(f"{cmd} {n}" for cmd, n in sorted(per_host[host].items())))
+    lines.append("```")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
