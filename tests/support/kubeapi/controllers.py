@@ -583,7 +583,49 @@ def start(emu) -> FakeCluster:
         [("control", "198.19.0.1"), ("node1", "198.19.0.2"), ("node2", "198.19.0.3")]
     cluster = FakeCluster(emu, nodes=nodes, switches_file=os.environ.get("KUBEAPI_FAKE_SWITCHES")).start()
     emu.on_stop(cluster.stop)
+    if os.environ.get("KUBEAPI_FAKE_DELAYS"):
+        emu.on_stop(follow_lab_delays(cluster, os.environ["KUBEAPI_FAKE_DELAYS"]))
     return cluster
+
+
+#: the test lab's benchmark waits (tests/support/netlab/lab.py REALISTIC_DELAYS) -> FakeCluster switches
+LAB_DELAY_SWITCHES = {"pod_start": "rollout_delay", "calico_available": "calico_delay"}
+
+
+def apply_lab_delays(cluster: FakeCluster, delays: dict, defaults: dict) -> None:
+    """Set the cluster's waits from the lab's delays, e.g. ``{"pod_start": 5, "calico_available": 15}``: every
+    Deployment/DaemonSet rolls out ``pod_start`` s after it changed, TigeraStatus turns Available
+    ``calico_available`` s after the Installation appeared. A delay that is off restores the default."""
+    for delay, switch in LAB_DELAY_SWITCHES.items():
+        setattr(cluster, switch, float(delays.get(delay) or defaults[switch]))
+
+
+def follow_lab_delays(cluster: FakeCluster, path: str, interval: float = 0.2):
+    """Keep the cluster's waits in line with the lab's delays file (re-read when it changes; the lab turns
+    delays on and off in a running VM). Returns the function that stops following."""
+    defaults = {switch: getattr(cluster, switch) for switch in LAB_DELAY_SWITCHES.values()}
+    stop = threading.Event()
+
+    def follow() -> None:
+        seen = None
+        while True:
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                mtime = None
+            if mtime != seen:
+                seen = mtime
+                try:
+                    with open(path) as f:
+                        delays = json.load(f)
+                except (OSError, ValueError):
+                    delays = {}
+                apply_lab_delays(cluster, delays if isinstance(delays, dict) else {}, defaults)
+            if stop.wait(interval):
+                return
+
+    threading.Thread(target=follow, name="lab-delays", daemon=True).start()
+    return stop.set
 
 
 def k3s_lab(emu) -> FakeCluster:

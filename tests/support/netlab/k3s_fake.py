@@ -266,7 +266,8 @@ def server(args):
     for n in dict.fromkeys(san_dns):
         argv += ["--san-dns", n]
     env = dict(os.environ, PYTHONPATH=PROJECT_DIR, KUBEAPI_FAKE_NODES=f"{socket.gethostname()}={node_ip}",
-               KUBEAPI_FAKE_SWITCHES=f"{sdir}/{CONTROLLER_SWITCHES}")
+               KUBEAPI_FAKE_SWITCHES=f"{sdir}/{CONTROLLER_SWITCHES}",
+               KUBEAPI_FAKE_DELAYS="/var/lib/netlab/delays.json")  # the lab's benchmark waits, if on
     info = {"version": VERSION, "node_ip": node_ip, "tls_san": tls_sans, "service_cidr": service_cidr,
             "cluster_cidr": cluster_cidr, "flannel_backend": cfg.get("flannel-backend", "vxlan"),
             "disable_network_policy": bool(cfg.get("disable-network-policy", False)),

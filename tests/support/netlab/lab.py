@@ -44,6 +44,14 @@ UBUNTU_UID = 1000
 
 STATE_ENV = "CALICOLAB_NETLAB_STATE"
 
+#: Realistic waits for benchmarks (seconds), off unless a lab is given them with :meth:`NetLab.set_delays`:
+#: ``launch`` per ``multipass launch`` (the double), ``apt`` per cloud-init package step (the VM's cloud-init
+#: stand-in), ``download`` per binary the mirror serves (k3s, kubectl, calicoctl; not scripts or checksums),
+#: ``pod_start`` per Deployment rollout and ``calico_available`` for TigeraStatus (the fake cluster's controllers).
+REALISTIC_DELAYS = {"launch": 30.0, "apt": 10.0, "download": 5.0, "pod_start": 5.0, "calico_available": 15.0}
+#: where a VM finds the lab's delays (inside the VM's own root; the product never reads it)
+VM_DELAYS_PATH = "/var/lib/netlab/delays.json"
+
 # The init of a VM: PID 1 inside its pid namespace. It reaps orphans (daemons started by the fake systemctl are
 # re-parented to it) and otherwise sleeps; it ignores SIGTERM like any pid-namespace init, SIGKILL stops the VM.
 _INIT_PY = (
@@ -168,6 +176,40 @@ class NetLab:
         """Injected failures/delays for the multipass double, e.g.
         ``{"fail": {"launch:node2": "launch failed: ..."}, "delay": {"launch": 1.5}, "daemon_down": True}``."""
         self.faults_path.write_text(json.dumps(faults))
+
+    @property
+    def delays_path(self) -> pathlib.Path:
+        return self.workdir / "delays.json"
+
+    def delays(self) -> dict:
+        """The injected waits in force (see REALISTIC_DELAYS); {} when off (the default)."""
+        try:
+            return json.loads(self.delays_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def set_delays(self, delays: dict) -> None:
+        """Turn injected waits on (``lab.set_delays(REALISTIC_DELAYS)``) or off (``{}``), also in running VMs;
+        VMs created later get them at creation."""
+        unknown = set(delays) - set(REALISTIC_DELAYS)
+        if unknown:
+            raise ValueError(f"unknown delays {sorted(unknown)}; known: {sorted(REALISTIC_DELAYS)}")
+        self.delays_path.write_text(json.dumps(delays))
+        for name in self.vm_names():
+            self._write_vm_delays(name, delays)
+
+    def _write_vm_delays(self, name: str, delays: dict) -> None:
+        text = json.dumps(delays)
+        if self.running(name):  # through the VM's mounts: writing under a mounted overlay is undefined
+            r = self.exec_in(name, ["sh", "-c", f"mkdir -p {VM_DELAYS_PATH.rsplit('/', 1)[0]} && "
+                                                f"cat > {VM_DELAYS_PATH}.new && mv {VM_DELAYS_PATH}.new {VM_DELAYS_PATH}"],
+                             input=text)
+            if r.returncode:
+                raise LabError(f"delays into {name}: {r.stderr.strip()}")
+        elif self._vm_dir(name).is_dir():
+            path = self._vm_dir(name) / "upper" / VM_DELAYS_PATH.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
 
     # ------------------------------------------------------------------ lab up/down
     @property
@@ -407,6 +449,9 @@ class NetLab:
         if vm.get("cloud_init_fault"):  # a test's fault injection, read by the cloud-init stand-in
             (up / "var/lib/netlab").mkdir(parents=True, exist_ok=True)
             (up / "var/lib/netlab/cloud-init-fault").write_text(vm["cloud_init_fault"])
+        if self.delays():
+            (up / VM_DELAYS_PATH.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (up / VM_DELAYS_PATH.lstrip("/")).write_text(json.dumps(self.delays()))
         if user_data is not None:
             ud = up / "var/lib/cloud/instance/user-data.txt"
             ud.write_text(user_data)

@@ -15,6 +15,7 @@ Layout (upstream-like paths; ``{version}`` and ``{arch}`` as in the product's UR
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -147,7 +148,8 @@ class Mirror:
         self.lab.trust_ca(ca)
         log = open(self.log_path, "ab")
         self.proc = self.lab.ws_popen([sys.executable, str(HERE / "https_server.py"), WS_ADDR, str(PORT),
-                                       str(self.root), str(cert), str(key)], stdout=log, stderr=log,
+                                       str(self.root), str(cert), str(key), str(self.lab.delays_path)],
+                                      stdout=log, stderr=log,
                                       stdin=subprocess.DEVNULL)
         log.close()
         # readiness, checked from inside the workstation namespace (never from the root namespace)
@@ -169,3 +171,11 @@ class Mirror:
             return [ln for ln in self.log_path.read_text().splitlines() if '"GET ' in ln or '"HEAD ' in ln]
         except FileNotFoundError:
             return []
+
+    def request_starts(self) -> list[dict]:
+        """Every GET as it started: ``{"t": epoch seconds, "client": address, "path": ...}``."""
+        try:
+            lines = self.log_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(ln.split(" ", 1)[1]) for ln in lines if ln.startswith("netlab-request ")]
