@@ -20,7 +20,7 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from calicolab import checks
 from calicolab.constants import CLIENT, SERVER
-from calicolab.kube.client import KubeError, connect
+from calicolab.kube.client import KubeError
 from calicolab.diagnose import list_instances
 from calicolab.operations.common import fail_with
 from calicolab.render import render_manifest
@@ -60,7 +60,7 @@ def instances_checked(lab):
         {name: (instances or {}).get(name, {}).get("state", "Unknown" if instances is None else "Absent") for name in lab.vms}
     )
     _record(checks.vm_state_rows(lab, instances, error))
-    yield from ()  # an operation is a generator; this one yields no command
+    yield from ()  # a check yields no command
 
 
 def _run(command: str, sudo: bool = True) -> str:
@@ -93,7 +93,7 @@ def vm_checked(lab):
     if host.name == CLIENT:
         rows += checks.client_rows(lab, checks.split_sections(_run(checks.client_command())))
     _record(rows)
-    yield from ()  # an operation is a generator; this one yields no command
+    yield from ()  # a check yields no command
 
 
 def _list_pools(api) -> tuple[list[dict], str]:
@@ -131,8 +131,8 @@ def _api_down_rows(lab, why: str) -> list[checks.Row]:
 @operation()
 def cluster_checked(lab):
     """Check the cluster through its API: nodes, TigeraStatus, Calico's components, the IPPool,
-    YaoBank. Attach to control (its ``k3s kubectl`` is the fallback way in, used only when control
-    is Running).
+    YaoBank, through the run's Kubernetes connection. Attach to control (its ``k3s kubectl`` is the
+    fallback way in; a control that is not Running is not checked).
 
     .. code:: python
 
@@ -140,23 +140,18 @@ def cluster_checked(lab):
     """
     if _planning():
         return
-    from calicolab.operations.kubernetes import _extra_addresses
+    from calicolab.operations.kubernetes import kube_session
 
-    running = checks.report_of(state).vm_states.get(SERVER, "Running") == "Running"
-    try:
-        api = connect(lab, host=host if running else None, extra_addresses=_extra_addresses(host),
-                      log=lambda message: host.log(message))
-    except KubeError as exc:
-        _record(_api_down_rows(lab, f"not reachable: {exc}"))
+    control_state = checks.report_of(state).vm_states.get(SERVER, "Running")
+    if control_state != "Running":  # the API runs on control; its k3s kubectl would start a stopped VM
+        _record(_api_down_rows(lab, f"not checked: {SERVER} is {control_state}"))
         return
     try:
-        rows = cluster_rows(lab, api)
+        rows = cluster_rows(lab, kube_session(lab, host))
     except KubeError as exc:
-        rows = _api_down_rows(lab, f"reading failed: {exc}")
-    finally:
-        api.close()
+        rows = _api_down_rows(lab, f"not reachable or reading failed: {exc}")
     _record(rows)
-    yield from ()  # an operation is a generator; this one yields no command
+    yield from ()  # a check yields no command
 
 
 def _not_checked_rows(lab) -> list[checks.Row]:
@@ -225,4 +220,4 @@ def bundle_written(lab):
     path = collect_bundle(lab, card, handler.run_log.lines if handler else (), reason="requested with diagnose.py")
     logger.warning(f"--> Diagnostics bundle (secrets masked): {path}")
     host.noop(f"bundle written to {path}")
-    yield from ()  # an operation is a generator; this one yields no command
+    yield from ()  # a check yields no command
