@@ -160,12 +160,12 @@ class DownloadCache:
                 os.chmod(folder, FOLDER_MODE)
             digest_path.unlink(missing_ok=True)
             # the checksum file and the file itself at the same time
-            published = gevent.spawn(_read_text, item.checksum_url) if item.checksum_url else None
+            published = gevent.spawn(outcome, _read_text, item.checksum_url) if item.checksum_url else None
             temp = path.with_name(f".{path.name}.{os.getpid()}.part")
             try:
                 actual = _download(item.url, temp)
                 if published is not None:
-                    expected = parse_sha256_file(published.get(), item.filename)
+                    expected = parse_sha256_file(result_of(published.get()), item.filename)
                     if actual != expected:
                         raise DownloadError(
                             f"{item.url} does not match its published checksum ({item.checksum_url}): "
@@ -177,6 +177,22 @@ class DownloadCache:
                 temp.unlink(missing_ok=True)
             digest_path.write_text(actual + "\n")
             return CachedFile(path, actual)
+
+
+def outcome(function, *args):
+    """Run ``function`` in a greenlet: its result, or the DownloadError it raised (a greenlet that
+    dies of an exception has gevent print a traceback)."""
+    try:
+        return function(*args)
+    except DownloadError as error:
+        return error
+
+
+def result_of(value):
+    """The value an :func:`outcome` greenlet returned, raising the DownloadError it stood for."""
+    if isinstance(value, DownloadError):
+        raise value
+    return value
 
 
 def _sha256_of(path: Path) -> str:

@@ -139,3 +139,11 @@ def test_workstation_arch_names_the_release_files():
     assert workstation_arch("aarch64") == "arm64"
     with pytest.raises(DownloadError, match="riscv64"):
         workstation_arch("riscv64")
+
+
+def test_a_failed_checksum_download_is_one_error_without_a_greenlet_traceback(server, tmp_path, capfd):
+    server.publish("v1/tool", TOOL)  # no SHA256SUMS published
+    item = Download(f"{server.base}/v1/tool", f"{server.base}/v1/SHA256SUMS")
+    with pytest.raises(DownloadError, match="SHA256SUMS"):
+        DownloadCache(tmp_path / "downloads").fetch(item)
+    assert "Traceback" not in capfd.readouterr().err

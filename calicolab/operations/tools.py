@@ -12,7 +12,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringC
 from pyinfra.api.util import format_text
 from pyinfra.facts.files import Sha256File
 
-from calicolab.downloads import CachedFile, Download, DownloadCache, DownloadError
+from calicolab.downloads import CachedFile, Download, DownloadCache, DownloadError, outcome, result_of
 from calicolab.operations.common import fail_with, print_once
 
 PROFILE_PATH = "/etc/profile.d/calicolab.sh"
@@ -20,12 +20,9 @@ PROFILE_PATH = "/etc/profile.d/calicolab.sh"
 
 def _fetch_all(cache: DownloadCache, items: list[Download]) -> list[CachedFile]:
     """Every download at once (the slowest one sets the time, not their sum)."""
-    jobs = [gevent.spawn(cache.fetch, item) for item in items]
+    jobs = [gevent.spawn(outcome, cache.fetch, item) for item in items]
     gevent.joinall(jobs)
-    for job in jobs:
-        if job.exception is not None:
-            raise job.exception
-    return [job.value for job in jobs]
+    return [result_of(job.value) for job in jobs]
 
 
 def _fetch_quietly(cache: DownloadCache, item: Download) -> None:
