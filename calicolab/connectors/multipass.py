@@ -185,7 +185,6 @@ class MultipassConnector(BaseConnector):
         current = instances.get(self.instance)
         state = current["state"] if current else None
         self.host.connector_data["multipass_state"] = state
-        self.host.connector_data["multipass_ipv4"] = current["ipv4"] if current else []
         return state
 
     def _is_running(self) -> bool:

@@ -571,13 +571,3 @@ def wait_nodes_ready(
     steps = [f"`{kubectl} describe node {n}`" for n in not_ready] + [f"`{kubectl} -n calico-system get pods -o wide`"]
     raise WaitFailed(_with_next(_with_events(f"{TIMED_OUT} after {timeout:g}s: {check.message}", events), steps))
 
-
-class Poller:
-    """Deprecated adapter for ``operations/k3s.py`` until it calls :func:`calicolab.polling.poll` itself
-    (then remove this class)."""
-
-    def __init__(self, what: str, timeout: float, log=None):
-        self.what, self.timeout, self.log = what, timeout, log
-
-    def run(self, probe: Callable[[], Check]) -> Check:
-        return poll(self.what, self.timeout, lambda _remaining: probe(), self.log)
