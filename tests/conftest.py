@@ -54,3 +54,18 @@ def cloud_init_schema():
         return result.returncode, result.stdout + result.stderr
 
     return run
+
+
+# The lab files run longest (test_lab_e2e.py alone takes about 7 minutes). pytest-xdist hands out
+# whole files (--dist loadfile) in collection order, so starting the long ones first keeps one of
+# them from beginning last, after the short files, and adding its minutes to the suite's.
+LONGEST_FIRST = ("test_lab_e2e.py", "test_lab_faults_e2e.py", "test_lab_workstation.py", "test_lab_verify.py",
+                 "test_pool_changes.py", "test_install.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file and among the other files is kept
