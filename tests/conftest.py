@@ -59,7 +59,7 @@ def cloud_init_schema():
 # The lab files run longest (test_lab_e2e.py alone takes about 7 minutes). pytest-xdist hands out
 # whole files (--dist loadfile) in collection order, so starting the long ones first keeps one of
 # them from beginning last, after the short files, and adding its minutes to the suite's.
-LONGEST_FIRST = ("test_lab_e2e.py", "test_lab_faults_e2e.py", "test_lab_workstation.py", "test_lab_verify.py",
+LONGEST_FIRST = ("test_lab_e2e.py", "test_lab_rebuild_e2e.py", "test_lab_faults_e2e.py", "test_lab_workstation.py", "test_lab_verify.py",
                  "test_pool_changes.py", "test_install.py")
 
 
