@@ -16,8 +16,10 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 
 import pytest
 
@@ -39,6 +41,10 @@ def netlab_skip_reason() -> str | None:
     return None
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def netlab_session():
     """A fresh NetLab for the duration of the block; always torn down and checked afterwards."""
@@ -50,12 +56,19 @@ def netlab_session():
     # not under pytest's tmp_path: a concurrent pytest session may prune old basetemp directories
     workdir = tempfile.mkdtemp(prefix=f"netlab-{prefix}-")
     lab = NetLab(prefix, workdir)
+    # `timeout` and CI runners stop a run with SIGTERM, whose default action skips this teardown and
+    # leaves the namespaces behind: turn it into SystemExit so the finally block below runs.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     try:
         lab.setup()
         yield lab
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         try:
-            pids = [vm.get("init_pid") for vm in lab.state()["vms"].values()] + lab.state().get("pids", [])
+            vms = lab.state()["vms"].values()
+            pids = [vm.get(key) for vm in vms for key in ("init_pid", "holder_pid")] + lab.state().get("pids", [])
         except FileNotFoundError:
             pids = []
         problems = lab.teardown()

@@ -533,6 +533,9 @@ class NetLab:
         hp = vm.get("holder_pid")
         while hp and _pid_alive(hp) and time.time() < deadline:
             time.sleep(0.01)
+        if hp and _pid_alive(hp):  # seen left running after its init died: never leave it behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hp, signal.SIGKILL)
         if hp:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(hp, os.WNOHANG)
