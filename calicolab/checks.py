@@ -116,15 +116,20 @@ _SECTION = "### calicolab:"
 
 
 def sectioned_script(sections: dict[str, str]) -> str:
-    """One shell script running each command with its output under a marker line; a failing
-    command never stops the others.
+    """One shell script running every command at once, then printing each one's output under a
+    marker line, in order; a failing command never stops the others. (Where ``mktemp`` fails, the
+    commands run one after the other.)
 
     .. code:: python
 
         sectioned_script({"addresses": "ip -4 -o addr show"})
     """
-    parts = [f"echo {shlex.quote(_SECTION + name)}; {{ {command} ; }} 2>&1" for name, command in sections.items()]
-    return "; ".join(parts) + "; true"
+    names = list(sections)
+    started = " ".join(f"{{ {sections[name]} ; }} >\"$d/{i}\" 2>&1 &" for i, name in enumerate(names))
+    printed = "; ".join(f"echo {shlex.quote(_SECTION + name)}; cat \"$d/{i}\"" for i, name in enumerate(names))
+    one_by_one = "; ".join(f"echo {shlex.quote(_SECTION + name)}; {{ {sections[name]} ; }} 2>&1" for name in names)
+    return (f"if d=$(mktemp -d 2>/dev/null); then {started} wait; {printed}; rm -rf \"$d\"; "
+            f"else {one_by_one}; fi; true")
 
 
 def split_sections(text: str) -> dict[str, str]:
@@ -150,7 +155,8 @@ def k3s_unit(name: str) -> str | None:
 
 
 def vm_probe(lab, name: str) -> str:
-    """The root shell script that observes one VM (addresses, names, MSS rule, services, FTP)."""
+    """The root shell script that observes one VM (addresses, names, MSS rule, services, FTP; on host1
+    also BIRD, the YaoBank page and, through :func:`client_command`, ubuntu's kubectl and calicoctl)."""
     vm = lab.vms[name]
     names = " ".join(LAB_NAMES)
     sections = {
@@ -176,6 +182,7 @@ def vm_probe(lab, name: str) -> str:
         sections["bird_conf"] = "grep -E '^[[:space:]]*neighbor' /etc/bird/bird.conf"
         sections["birdc"] = "birdc show protocols"
         sections["yaobank"] = f"curl -fsS --max-time 5 {shlex.quote(url)}"
+        sections["as_ubuntu"] = client_command()  # its own sections follow this one's marker
     return sectioned_script(sections)
 
 

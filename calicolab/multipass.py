@@ -25,6 +25,7 @@ from typing import Any
 
 import gevent
 from gevent import subprocess as gsubprocess
+from gevent.event import AsyncResult
 
 # --- constants -------------------------------------------------------------------------------
 
@@ -681,3 +682,27 @@ def list_instances(multipass_bin: str | None = None, timeout: float = LIST_TIMEO
         return parse_list(result.stdout)
     except MultipassOutputError as e:
         raise MultipassUnavailable(str(e)) from e
+
+
+def planned_instances(run_state, multipass_bin: str | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`list_instances`, asked once per run while pyinfra connects and plans the deploy (nothing
+    has run yet, so the instances do not change), and kept on the run's ``State``; every later call
+    reads now.
+
+    pyinfra connects every host at once and loads the deploy file once per host: each asking Multipass
+    for the same list would cost a round trip to the daemon each. Raises ``MultipassUnavailable``
+    like :func:`list_instances` (to every caller that shares the answer).
+
+    Example: ``planned_instances(state, "multipass")["control"]["ipv4"]`` -> ``["192.168.64.5", ...]``
+    """
+    if run_state.is_executing:
+        return list_instances(multipass_bin)
+    shared = run_state.__dict__.setdefault("calicolab_planned_instances", {})
+    listing = shared.get(multipass_bin)
+    if listing is None:
+        listing = shared[multipass_bin] = AsyncResult()
+        try:
+            listing.set(list_instances(multipass_bin))
+        except MultipassUnavailable as e:
+            listing.set_exception(e)
+    return listing.get()

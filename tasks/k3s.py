@@ -20,7 +20,9 @@ never appears in commands, arguments, diffs or logs.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import posixpath
 
 from pyinfra import host
 from pyinfra.operations import files, systemd
@@ -31,12 +33,15 @@ from calicolab.constants import (
     CLIENT,
     HOST1_KUBECONFIG_PATH,
     K3S_CONFIG_PATH,
+    K3S_KUBECONFIG_PATH,
     K3S_TOKEN_PATH,
     SERVER,
 )
-from calicolab.downloads import Download, workstation_arch
+from calicolab.downloads import Download, DownloadCache, workstation_arch
+from calicolab.facts.vm import VmNow
+from calicolab.kube.client import KubeError
 from calicolab.model import lab_for_host
-from calicolab.operations import k3s, tools
+from calicolab.operations import k3s, kubernetes, tools
 from calicolab.render import render_bird_conf, render_k3s_config, render_profile
 from calicolab.state import LabState, install_secret_filter
 
@@ -71,98 +76,180 @@ def downloads_started(lab=None) -> None:
     )
 
 
-def _text_file(what: str, dest: str, text: str, mode: str):
-    """A rendered file (shown as a diff with ``--diff``); its folder exists already."""
+def vm_now(lab=None) -> VmNow:
+    """What this VM has of phases 1 and 2 (its first boot, the files and services below), read in one
+    command while the deploy is planned; the steps it shows done are left out of the plan. Unknown
+    (every step stays) on the workstation and on a VM that is not running yet."""
 
+    lab = lab or lab_for_host(host)
+    if host.name not in lab.vms:
+        return VmNow()
+    role = _role(host.name)
+    if role is None:
+        return VmNow.read(host, files=[*client_downloads(lab), BIRD_CONFIG_PATH, tools.PROFILE_PATH,
+                                       HOST1_KUBECONFIG_PATH, posixpath.dirname(HOST1_KUBECONFIG_PATH)],
+                          units=["bird"])
+    return VmNow.read(
+        host,
+        files=[*k3s.k3s_downloads(lab), K3S_TOKEN_PATH, K3S_CONFIG_PATH, k3s.unit_file(role)],
+        units=[k3s.UNITS[role]],
+        kubeconfig=(K3S_KUBECONFIG_PATH, lab.api_url) if role == "server" else None,
+    )
+
+
+def _role(name: str) -> str | None:
+    return "server" if name == SERVER else "agent" if name in AGENTS else None
+
+
+def _text_file(now: VmNow, what: str, dest: str, text: str, mode: str):
+    """A rendered file (shown as a diff with ``--diff``), unless ``now`` shows it in place; its folder
+    exists already. Returns the operation, or None when it is left out."""
+
+    if now.file_matches(dest, text=text, mode=mode, user="root", group="root"):
+        return None
     return files.put(name=what, src=io.StringIO(text), dest=dest, user="root", group="root", mode=mode,
                      create_remote_dir=False, _sudo=True)
 
 
-def installed(lab=None) -> None:
+def _service_running(now: VmNow, unit: str, running: str, restart: str, after: list) -> None:
+    """``unit`` active and enabled (operation ``running``), and restarted (operation ``restart``) when a
+    step in ``after`` (operations; None for a step left out) changes something it reads."""
+
+    if not now.unit_runs(unit):
+        systemd.service(name=running, service=unit, running=True, enabled=True, _sudo=True)
+    changes = [step for step in after if step is not None]
+    if changes:
+        systemd.service(
+            name=restart,
+            service=unit,
+            running=True,
+            restarted=True,
+            enabled=True,
+            _if=lambda: any(step.did_change() for step in changes),
+            _sudo=True,
+        )
+
+
+def _downloads(now: VmNow, what: str, items: dict[str, Download]):
+    """The files from the workstation's download cache, unless ``now`` shows each one in place with the
+    cached file's sha256. Returns the operation, or None when it is left out."""
+
+    cache = DownloadCache.default()
+    cached = {dest: cache.cached(item) for dest, item in items.items()}
+    if all(found and now.file_matches(dest, sha256=found.sha256) for dest, found in cached.items()):
+        return None
+    return tools.downloads_installed(name=what, files=items, _sudo=True)
+
+
+def installed(lab=None, now: VmNow | None = None) -> None:
     lab = lab or lab_for_host(host)
+    now = now or VmNow()
     if host.name not in lab.vms:
         return
     install_secret_filter()
-    role = "server" if host.name == SERVER else "agent" if host.name in AGENTS else None
-    tools_in_place = tools.downloads_installed(
-        name=f"{host.name}: {'k3s and its installer' if role else 'kubectl and calicoctl'} from the workstation cache",
-        files=k3s.k3s_downloads(lab) if role else client_downloads(lab),
-        _sudo=True,
+    role = _role(host.name)
+    binaries = _downloads(
+        now,
+        f"{host.name}: {'k3s and its installer' if role else 'kubectl and calicoctl'} from the workstation cache",
+        k3s.k3s_downloads(lab) if role else client_downloads(lab),
     )
     if role is None:
-        _client_tools(lab)
+        _client_tools(lab, now)
         return
 
-    unit = k3s.UNITS[role]
-    token = k3s.secret_file(
-        name=f"k3s {role}: join token file",
-        path=K3S_TOKEN_PATH,
-        content=LabState(lab.state_path).cluster_token_source(),
-        _sudo=True,
-    )
-    config = _text_file(f"k3s {role}: configuration", K3S_CONFIG_PATH, render_k3s_config(lab, host.name), "0600")
-    install = k3s.installed(
-        name=f"k3s {role}: installed ({lab.k3s_version})",
-        role=role,
-        server_url=lab.api_url if role == "agent" else None,
-        _sudo=True,
-    )
-    systemd.service(name=f"k3s {role}: {unit} running", service=unit, running=True, enabled=True, _sudo=True)
+    token_source = LabState(lab.state_path).cluster_token_source()
+    token = None
+    if not now.file_matches(K3S_TOKEN_PATH, sha256=_sha256(token_source.peek()), mode="0600", user="root",
+                            group="root"):
+        token = k3s.secret_file(name=f"k3s {role}: join token file", path=K3S_TOKEN_PATH, content=token_source,
+                                _sudo=True)
+    config = _text_file(now, f"k3s {role}: configuration", K3S_CONFIG_PATH, render_k3s_config(lab, host.name), "0600")
+    install = None
+    if not now.exists(k3s.unit_file(role)):
+        install = k3s.installed(
+            name=f"k3s {role}: installed ({lab.k3s_version})",
+            role=role,
+            server_url=lab.api_url if role == "agent" else None,
+            _sudo=True,
+        )
     # The installer starts k3s itself; a new binary, config or token needs a restart.
-    systemd.service(
-        name=f"k3s {role}: restart {unit} (binary, configuration or token changed)",
-        service=unit,
-        running=True,
-        restarted=True,
-        enabled=True,
-        _if=lambda: (tools_in_place.did_change() or config.did_change() or token.did_change())
-        and not install.did_change(),
-        _sudo=True,
-    )
-    if role == "server":
+    restart_after = [binaries, config, token]
+    if install is not None:
+        restart_after = [_UnlessInstalled(step, install) for step in restart_after if step is not None]
+    unit = k3s.UNITS[role]
+    _service_running(now, unit, f"k3s {role}: {unit} running",
+                     f"k3s {role}: restart {unit} (binary, configuration or token changed)", restart_after)
+    if role == "server" and (not now.unit_runs(unit) or any(step is not None for step in (binaries, token, config, install))):
         k3s.api_ready(name="k3s server: API ready", timeout=lab.timeout_k3s_ready, _sudo=True)
 
 
-def _client_tools(lab) -> None:
+class _UnlessInstalled:
+    """A step whose change needs a restart, unless the installer ran in this run (it starts k3s itself)."""
+
+    def __init__(self, step, install):
+        self.step, self.install = step, install
+
+    def did_change(self) -> bool:
+        return self.step.did_change() and not self.install.did_change()
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _client_tools(lab, now: VmNow) -> None:
     """host1's BIRD and shell profile: nothing here waits for the cluster."""
 
-    bird_conf = _text_file("host1: BIRD configuration", BIRD_CONFIG_PATH, render_bird_conf(lab), "0644")
-    systemd.service(name="host1: BIRD running", service="bird", running=True, enabled=True, _sudo=True)
-    systemd.service(
-        name="host1: restart BIRD (configuration changed)",
-        service="bird",
-        running=True,
-        restarted=True,
-        _if=bird_conf.did_change,
-        _sudo=True,
-    )
-    _text_file("host1: shell profile (KUBECONFIG, DATASTORE_TYPE, calicoctl alias)", tools.PROFILE_PATH,
+    bird_conf = _text_file(now, "host1: BIRD configuration", BIRD_CONFIG_PATH, render_bird_conf(lab), "0644")
+    _service_running(now, "bird", "host1: BIRD running", "host1: restart BIRD (configuration changed)", [bird_conf])
+    _text_file(now, "host1: shell profile (KUBECONFIG, DATASTORE_TYPE, calicoctl alias)", tools.PROFILE_PATH,
                render_profile(lab), "0644")
 
 
-def cluster_joined(lab=None) -> None:
+def cluster_joined(lab=None, now: VmNow | None = None) -> None:
     lab = lab or lab_for_host(host)
+    now = now or VmNow()
     if host.name != SERVER:
         return
     install_secret_filter()
-    k3s.node_registered(
-        name="k3s: all nodes registered (NotReady until Calico)",
-        names=[SERVER, *AGENTS],
-        timeout=lab.timeout_k3s_ready,
-        _sudo=True,
-    )
-    k3s.kubeconfig_fetched(name="k3s: admin kubeconfig in the local state folder", lab=lab, _sudo=True)
+    names = [SERVER, *AGENTS]
+    if not _registered(lab, names):
+        k3s.node_registered(
+            name="k3s: all nodes registered (NotReady until Calico)",
+            names=names,
+            timeout=lab.timeout_k3s_ready,
+            _sudo=True,
+        )
+    local = LabState(lab.state_path).read_kubeconfig()
+    if now.rewritten_sha256 is None or now.rewritten_sha256 != _sha256(local):
+        k3s.kubeconfig_fetched(name="k3s: admin kubeconfig in the local state folder", lab=lab, _sudo=True)
 
 
-def client(lab=None) -> None:
+def _registered(lab, names: list[str]) -> bool:
+    """Whether the API (through the run's one connection) lists every node of ``names``; False when it
+    cannot be asked yet."""
+    try:
+        nodes = kubernetes.kube_session(lab, host).list("v1", "Node")
+    except KubeError:
+        return False
+    return set(names) <= {node["metadata"]["name"] for node in nodes}
+
+
+def client(lab=None, now: VmNow | None = None) -> None:
     lab = lab or lab_for_host(host)
+    now = now or VmNow()
     if host.name != CLIENT:
         return
     install_secret_filter()
+    user = "ubuntu"
+    if now.file_matches(HOST1_KUBECONFIG_PATH, sha256=_sha256(LabState(lab.state_path).read_kubeconfig()),
+                        mode="0600", user=user, group=user) and now.directory_matches(
+            posixpath.dirname(HOST1_KUBECONFIG_PATH), mode="0700", user=user, group=user):
+        return
     k3s.kubeconfig_installed(
         name="host1: admin kubeconfig for ubuntu",
         lab=lab,
         path=HOST1_KUBECONFIG_PATH,
-        user="ubuntu",
+        user=user,
         _sudo=True,
     )

@@ -3,17 +3,19 @@
 Call ``vms_running(lab)`` from the deploy on every host (it picks what to do per host):
 
 1. on the workstation (``@local``): launch the missing VMs in parallel with their rendered
-   cloud-init, start stopped ones (one operation for all four);
+   cloud-init, start stopped ones (one operation for all four; none when all four were Running
+   when the run connected);
 2. a barrier, so no VM operation starts before that;
-3. on each VM (one operation, one command in the VM when nothing changed): wait for cloud-init,
-   and warn if the VM was created from a different user-data, judged by the fingerprint
-   calicolab's user-data wrote into it (cloud-init only runs on first boot; recreating is left to
-   the user).
+3. on each VM: wait for cloud-init, and warn if the VM was created from a different user-data,
+   judged by the fingerprint calicolab's user-data wrote into it (cloud-init only runs on first
+   boot; recreating is left to the user). A VM whose first boot the deploy's one read of it
+   (``now``, :mod:`calicolab.facts.vm`) found finished gets the warning now and no operation.
 """
 
 from pyinfra import host, state
 from pyinfra.api.exceptions import PyinfraError
 
+from calicolab.facts.vm import VmNow
 from calicolab.model import lab_for_host
 from calicolab.multipass import RUNNING, InstanceSpec
 from calicolab.operations import multipass
@@ -60,6 +62,14 @@ def vms_left_down(lab, run_state=None) -> list[str]:
     return down
 
 
+def all_running(lab, run_state=None) -> bool:
+    """Whether every lab VM was Running when the run connected to it (False when one is not in the run)."""
+    run_state = run_state or state
+    states = {vm_host.name: vm_host.connector_data.get("multipass_state")
+              for vm_host in run_state.inventory if vm_host.name in lab.vms and vm_host in run_state.activated_hosts}
+    return all(states.get(name) == RUNNING for name in lab.vms)
+
+
 def require_workstation_for(down: list[str]) -> None:
     """Stop before anything runs when VMs must be started but the workstation is not in the run."""
     if down:
@@ -70,11 +80,13 @@ def require_workstation_for(down: list[str]) -> None:
         )
 
 
-def vms_running(lab=None) -> None:
+def vms_running(lab=None, now: VmNow | None = None) -> None:
     lab = lab or lab_for_host(host)
+    now = now or VmNow()
     require_workstation_for(vms_left_down(lab))
 
-    if is_workstation(host):
+    # Every lab VM Running when the run connected: nothing to launch or start.
+    if is_workstation(host) and not all_running(lab):
         multipass.instances(
             name="Lab VMs exist and are running",
             specs=vm_specs(lab),
@@ -84,9 +96,14 @@ def vms_running(lab=None) -> None:
 
     barrier(name="── phase: VMs running ──")
 
-    if host.name in lab.vms:
+    if host.name not in lab.vms:
+        return
+    fingerprint = cloud_init_fingerprint(lab, host.name)
+    if now.first_boot_done():  # cloud-init runs once per VM: done stays done
+        multipass.warn_if_created_differently(host, now.first_boot.get("fingerprint"), fingerprint)
+    else:
         multipass.cloud_init_done(
             name="cloud-init finished",
-            fingerprint=cloud_init_fingerprint(lab, host.name),
+            fingerprint=fingerprint,
             timeout=lab.timeout_cloud_init,
         )

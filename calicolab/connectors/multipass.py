@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 import gevent
-from gevent.event import AsyncResult
 from typing_extensions import Unpack, override
 
 from pyinfra import logger
@@ -153,22 +152,6 @@ class MultipassConnector(BaseConnector):
         except (TypeError, ValueError):
             return float(mp.DEFAULT_EXEC_TIMEOUT)
 
-    def _connect_listing(self) -> dict:
-        """One ``multipass list`` for all the hosts that connect together, kept on the run's State.
-
-        pyinfra connects every host at once; each asking Multipass for the same list would cost
-        a round trip to the daemon each. Only for the connect stage: later reads are fresh.
-        """
-        shared = self.state.__dict__.setdefault("calicolab_multipass_connect_lists", {})
-        listing = shared.get(self.multipass_bin)
-        if listing is None:
-            listing = shared[self.multipass_bin] = AsyncResult()
-            try:
-                listing.set(mp.list_instances(self.multipass_bin))
-            except mp.MultipassUnavailable as e:
-                listing.set_exception(e)
-        return listing.get()
-
     def _read_state(self, timeout: float = mp.LIST_TIMEOUT, connecting: bool = False) -> str | None:
         """Current state of this instance according to ``multipass list`` (None = no such instance).
 
@@ -177,7 +160,7 @@ class MultipassConnector(BaseConnector):
         """
         try:
             if connecting and self.state.current_stage == StateStage.Connect:
-                instances = self._connect_listing()
+                instances = mp.planned_instances(self.state, self.multipass_bin)
             else:
                 instances = mp.list_instances(self.multipass_bin, timeout=min(float(timeout), mp.LIST_TIMEOUT))
         except mp.MultipassUnavailable as e:

@@ -6,8 +6,8 @@ run executes (after the deploy's earlier phases, never from the planning pass). 
 Running is never exec'd into (``multipass exec`` would start it): its rows fail with that reason.
 
 * ``instances_checked(lab)`` — on the workstation: ``multipass list``, one row per VM;
-* ``vm_checked(lab)`` — on each VM: one probe script (addresses, names, MSS rule, services, FTP;
-  on host1 also BIRD, the YaoBank page and ubuntu's kubectl/calicoctl);
+* ``vm_checked(lab)`` — on each VM: one probe script, one round trip (addresses, names, MSS rule,
+  services, FTP; on host1 also BIRD, the YaoBank page and ubuntu's kubectl/calicoctl);
 * ``cluster_checked(lab)`` — on control: the Kubernetes reads, from the workstation;
 * ``report(lab)`` — on every host: prints the table once and fails the run if a row failed.
 """
@@ -91,7 +91,7 @@ def vm_checked(lab):
     sections = checks.split_sections(_run(checks.vm_probe(lab, host.name)))
     rows = checks.vm_rows(lab, host.name, sections)
     if host.name == CLIENT:
-        rows += checks.client_rows(lab, checks.split_sections(_run(checks.client_command())))
+        rows += checks.client_rows(lab, sections)
     _record(rows)
     yield from ()  # a check yields no command
 

@@ -40,6 +40,11 @@ UNITS = {"server": "k3s", "agent": "k3s-agent"}
 # --- pure helpers (unit-tested) ---------------------------------------------------------
 
 
+def unit_file(role: str) -> str:
+    """The systemd unit file k3s' installer writes for ``role``: its existence means "installed"."""
+    return f"/etc/systemd/system/{UNITS[role]}.service"
+
+
 def k3s_downloads(lab) -> dict[str, Download]:
     """The k3s binary (verified against the release's ``sha256sum-<arch>.txt``) and its installer,
     by their paths in the VM: ``{"/usr/local/bin/k3s": Download(...), INSTALLER_PATH: Download(...)}``."""
@@ -198,7 +203,7 @@ def installed(role: str, server_url: str | None = None):
     """
 
     command = installer_command(role, server_url)  # validates before any fact
-    unit = f"/etc/systemd/system/{UNITS[role]}.service"
+    unit = unit_file(role)
     if host.get_fact(File, path=unit):
         host.noop(f"k3s {role} is installed ({unit})")
         return

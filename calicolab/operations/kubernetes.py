@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterable
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.context import ctx_host
+from pyinfra.context import ctx_host, ctx_state
 
+from calicolab import multipass as mp
 from calicolab.constants import SERVER
 from calicolab.kube import pools as kpools
 from calicolab.kube import waits
@@ -67,10 +68,11 @@ def control_addresses(lab) -> list[str]:
     """Control's IPv4 addresses as ``multipass list`` reports them (its DHCP address first), the ones the
     workstation can route to; ``[]`` when Multipass cannot tell (then the kubeconfig's server and the
     management ip are tried alone)."""
-    from calicolab.diagnose import list_instances
-
-    instances, _why_not = list_instances(lab)
-    return [str(address) for address in ((instances or {}).get(SERVER) or {}).get("ipv4") or []]
+    try:
+        instances = mp.planned_instances(ctx_state.get(), lab.multipass_bin)
+    except mp.MultipassUnavailable:
+        return []
+    return [str(address) for address in (instances.get(SERVER) or {}).get("ipv4") or []]
 
 
 def _kube_run(lab, the_host=None) -> KubeRun:

@@ -326,7 +326,7 @@ def _recreate_hint(name: str) -> str:
     )
 
 
-def _judge_fingerprint(host, stored: str | None, fingerprint: str, always: bool = False) -> None:
+def warn_if_created_differently(host, stored: str | None, fingerprint: str, always: bool = False) -> None:
     """Warn (never recreate) when the VM was created from another user-data than the one rendered now.
 
     Example: a node1 launched with ``vm_memory: 1G``, now set to ``2G`` -> "node1 was created from a
@@ -354,7 +354,7 @@ def _first_boot_judged(host, boot: dict[str, Any], fingerprint: str, timeout: in
     """The verdict on a finished wait (or a fact read): True when cloud-init is done; errors logged."""
     status = boot.get("status")
     if status == "done":
-        _judge_fingerprint(host, boot.get("fingerprint"), fingerprint, always=True)  # only execution gets here
+        warn_if_created_differently(host, boot.get("fingerprint"), fingerprint, always=True)  # only execution gets here
         return True
     if status == "error":
         multipass_bin = host.data.get("multipass_bin") or mp.DEFAULT_BIN
@@ -439,7 +439,7 @@ def cloud_init_done(fingerprint: str, timeout: int = 900):
     # a VM that does not answer right now (rebooting) is the wait's business, not a failed host
     boot = host.get_fact(FirstBoot, _ignore_errors=True)
     if boot["status"] == "done":
-        _judge_fingerprint(host, boot["fingerprint"], fingerprint)
+        warn_if_created_differently(host, boot["fingerprint"], fingerprint)
         host.noop("cloud-init is done")
         return
     yield FunctionCommand(_wait_cloud_init, (timeout, fingerprint), {})

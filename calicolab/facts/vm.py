@@ -1,0 +1,174 @@
+"""What a lab VM has now, read in one command (one ``multipass exec``), so the deploy can leave out
+the steps that are already done.
+
+Asking pyinfra's own facts costs one round trip each (``files.put`` asks ``File`` and then
+``Sha256File``, ``systemd.service`` asks ``SystemdStatus`` and ``SystemdEnabled``; pyinfra 3.10 caches
+no fact), and every operation waits for its slowest host. A converged lab would pay about a dozen
+round trips per VM for nothing. The deploy reads :class:`VmState` once per VM while it is planned and
+adds an operation only where this read shows a difference; the operations it adds still check for
+themselves, with pyinfra's facts, when they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from typing_extensions import override
+
+from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
+
+from calicolab.facts.multipass import first_boot_command, parse_first_boot
+
+_FIRST_BOOT = "### first-boot"
+_END_FIRST_BOOT = "### end first-boot"
+
+
+def _sha256(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+@dataclass(frozen=True)
+class VmNow:
+    """A :class:`VmState` answer with the comparisons the deploy makes.
+
+    ``known`` is False when nothing could be read (the VM does not exist or is not running while the
+    deploy is planned, or the read failed): then every comparison says "differs" and every step stays
+    in the plan.
+
+    Example::
+
+        now = VmNow.read(host, files=["/etc/rancher/k3s/config.yaml"], units=["k3s"])
+        if not now.file_matches("/etc/rancher/k3s/config.yaml", text=config, mode="0600"):
+            files.put(...)
+    """
+
+    known: bool = False
+    first_boot: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    units: dict[str, dict[str, str]] = field(default_factory=dict)
+    rewritten_sha256: str | None = None
+
+    @classmethod
+    def read(cls, host, files=(), units=(), kubeconfig: tuple[str, str] | None = None) -> VmNow:
+        """Read the VM's state (as root) in one command; :class:`VmNow` with ``known=False`` when it
+        cannot be read."""
+        answer = host.get_fact(VmState, files=tuple(files), units=tuple(units), kubeconfig=kubeconfig,
+                               _sudo=True, _ignore_errors=True)
+        if not answer:
+            return cls()
+        return cls(True, answer["first_boot"], answer["files"], answer["units"], answer["rewritten_sha256"])
+
+    def file_matches(self, path: str, *, text: str | bytes | None = None, sha256: str | None = None,
+                     mode: str | None = None, user: str | None = None, group: str | None = None) -> bool:
+        """Whether ``path`` is a regular file with this content (``text``, or its ``sha256``: None means
+        the content to compare with is not known, so it does not match) and, when given, this mode
+        and these owners."""
+        found = self.files.get(path) if self.known else None
+        if not found or found["type"] != "file":
+            return False
+        if text is not None:
+            sha256 = _sha256(text)
+        return (
+            sha256 is not None and found["sha256"] == sha256
+            and (mode is None or found["mode"] == mode.lstrip("0"))
+            and (user is None or found["user"] == user)
+            and (group is None or found["group"] == group)
+        )
+
+    def exists(self, path: str) -> bool:
+        return self.known and self.files.get(path) is not None
+
+    def directory_matches(self, path: str, *, mode: str, user: str, group: str) -> bool:
+        found = self.files.get(path) if self.known else None
+        return bool(found) and found["type"] == "directory" and (found["mode"], found["user"], found["group"]) == (
+            mode.lstrip("0"), user, group)
+
+    def unit_runs(self, unit: str) -> bool:
+        """Whether the systemd ``unit`` is active and enabled."""
+        found = self.units.get(unit) if self.known else None
+        return bool(found) and found["active"] == "active" and found["enabled"] == "enabled"
+
+    def first_boot_done(self) -> bool:
+        return self.known and self.first_boot.get("status") == "done"
+
+
+class VmState(FactBase):
+    """
+    Returns, from one command in the VM (needs root for root-only files: ``_sudo=True``):
+
+    * ``first_boot``: what ``calicolab.facts.multipass.FirstBoot`` returns;
+    * ``files``: for each path asked, ``{"type": "file"|"directory"|"other", "mode": "644", "user",
+      "group", "sha256"}`` (``sha256`` for files only), or None when it does not exist;
+    * ``units``: for each systemd unit asked, ``{"active": ..., "enabled": ...}`` as ``systemctl
+      is-active``/``is-enabled`` print them (``""`` when it prints nothing);
+    * ``rewritten_sha256``: with ``kubeconfig=(path, server)``, what ``calicolab.facts.k3s.RewrittenFileSha256``
+      returns, else None.
+
+    .. code:: python
+
+        {"first_boot": {"status": "done", "fingerprint": "ddfe...", ...},
+         "files": {"/etc/rancher/k3s/config.yaml": {"type": "file", "mode": "600", "user": "root",
+                   "group": "root", "sha256": "3b1c..."}, "/usr/local/bin/k3s": None},
+         "units": {"k3s": {"active": "active", "enabled": "enabled"}},
+         "rewritten_sha256": None}
+    """
+
+    @override
+    @staticmethod
+    def default():
+        return None
+
+    @override
+    def command(self, files=(), units=(), kubeconfig=None) -> str:
+        parts = [f"echo {shlex.quote(_FIRST_BOOT)}", first_boot_command(), f"echo {shlex.quote(_END_FIRST_BOOT)}"]
+        for path in files:
+            p = shlex.quote(path)
+            parts.append(
+                f"if [ -f {p} ]; then set -- $(stat -c '%a %U %G' {p}) $(sha256sum {p}); echo \"file $1 $2 $3 $4 \"{p}; "
+                f"elif [ -d {p} ]; then set -- $(stat -c '%a %U %G' {p}); echo \"directory $1 $2 $3 - \"{p}; "
+                f"elif [ -e {p} ]; then echo \"other - - - - \"{p}; else echo \"absent - - - - \"{p}; fi"
+            )
+        for unit in units:
+            u = shlex.quote(unit)
+            parts.append(f"echo \"unit $(systemctl is-active {u} 2>/dev/null || true) "
+                         f"$(systemctl is-enabled {u} 2>/dev/null || true) \"{u}")
+        if kubeconfig:
+            path, server = kubeconfig
+            script = shlex.quote("s#^\\([[:space:]]*\\)server:[[:space:]].*$#\\1server: {0}#".format(server))
+            p = shlex.quote(path)
+            parts.append(f"if [ -f {p} ]; then echo \"rewritten $(sed {script} {p} | sha256sum)\"; fi")
+        return "; ".join(parts) + "; true"
+
+    @override
+    def process(self, output) -> dict[str, Any] | None:
+        lines = list(output)
+        if not lines:  # a VM not running while the deploy is planned answers with nothing
+            return None
+        try:
+            start, end = lines.index(_FIRST_BOOT), lines.index(_END_FIRST_BOOT)
+        except ValueError:
+            raise FactProcessError(f"{self.name}: no first-boot section in {lines[:3]!r}") from None
+        answer: dict[str, Any] = {"first_boot": parse_first_boot(lines[start + 1:end]), "files": {}, "units": {},
+                                  "rewritten_sha256": None}
+        for line in lines[end + 1:]:
+            kind, _, rest = line.partition(" ")
+            if kind in ("file", "directory", "other", "absent"):
+                fields = rest.split(" ", 4)
+                if len(fields) != 5:
+                    raise FactProcessError(f"{self.name}: unexpected line {line!r}")
+                mode, user, group, sha256, path = fields
+                answer["files"][path] = None if kind == "absent" else {
+                    "type": kind, "mode": mode, "user": user, "group": group,
+                    **({"sha256": sha256} if kind == "file" else {})}
+            elif kind == "unit":
+                fields = rest.split(" ")
+                if len(fields) < 3:
+                    raise FactProcessError(f"{self.name}: unexpected line {line!r}")
+                answer["units"][fields[-1]] = {"active": fields[0], "enabled": fields[1]}
+            elif kind == "rewritten":
+                answer["rewritten_sha256"] = rest.split(" ")[0] or None
+        return answer

@@ -1,0 +1,139 @@
+"""The one read of a VM that the deploy plans from (``calicolab.facts.vm``): its command run by a real
+shell against real files, checked against ``os.stat`` and ``hashlib``, and the comparisons made on it."""
+
+import grp
+import hashlib
+import os
+import pwd
+import subprocess
+
+import pytest
+
+from calicolab.facts.k3s import RewrittenFileSha256
+from calicolab.facts.vm import VmNow, VmState
+from calicolab.operations.k3s import rewrite_kubeconfig
+
+SYSTEMCTL = """#!/bin/sh
+# is-active/is-enabled as systemd prints them: k3s runs, bird is stopped and disabled, "gone" is unknown
+case "$1 $2" in
+  "is-active k3s") echo active;;
+  "is-enabled k3s") echo enabled;;
+  "is-active bird") echo inactive; exit 3;;
+  "is-enabled bird") echo disabled; exit 1;;
+  "is-active gone") echo inactive; exit 3;;
+  "is-enabled gone") echo "Failed to get unit file state for gone.service" >&2; exit 1;;
+esac
+"""
+
+
+@pytest.fixture
+def shell_env(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in {"systemctl": SYSTEMCTL, "cloud-init": "#!/bin/sh\necho 'status: done'\n"}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def read(command: str, env) -> dict:
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return VmState().process(result.stdout.splitlines())
+
+
+def owner(path) -> tuple[str, str]:
+    info = os.stat(path)
+    return pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name
+
+
+def test_files_folders_and_absent_paths_are_read_as_stat_and_sha256_see_them(tmp_path, shell_env):
+    config = tmp_path / "my dir" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("flannel-backend: none\n")
+    config.chmod(0o600)
+    folder = tmp_path / "kube"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o700)
+    missing = tmp_path / "nothing"
+
+    answer = read(VmState().command(files=[str(config), str(folder), str(missing)]), shell_env)
+
+    user, group = owner(config)
+    assert answer["files"][str(config)] == {
+        "type": "file", "mode": "600", "user": user, "group": group,
+        "sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+    }
+    assert answer["files"][str(folder)] == {"type": "directory", "mode": "700", "user": user, "group": group}
+    assert answer["files"][str(missing)] is None
+    assert answer["first_boot"]["status"] == "done"
+
+
+def test_units_are_read_as_systemctl_prints_them(shell_env):
+    answer = read(VmState().command(units=["k3s", "bird", "gone"]), shell_env)
+    assert answer["units"] == {
+        "k3s": {"active": "active", "enabled": "enabled"},
+        "bird": {"active": "inactive", "enabled": "disabled"},
+        "gone": {"active": "inactive", "enabled": ""},
+    }
+    now = VmNow(True, answer["first_boot"], answer["files"], answer["units"])
+    assert now.unit_runs("k3s") and not now.unit_runs("bird") and not now.unit_runs("gone")
+
+
+def test_the_kubeconfig_hash_is_the_rewritten_copy_s_as_the_fetch_step_computes_it(tmp_path, shell_env):
+    kubeconfig = tmp_path / "k3s.yaml"
+    text = "apiVersion: v1\nclusters:\n- cluster:\n    server: https://127.0.0.1:6443\n  name: default\n"
+    kubeconfig.write_text(text)
+    server = "https://198.19.0.1:6443"
+
+    answer = read(VmState().command(kubeconfig=(str(kubeconfig), server)), shell_env)
+
+    expected = hashlib.sha256(rewrite_kubeconfig(text, server).encode()).hexdigest()
+    assert answer["rewritten_sha256"] == expected
+    alone = subprocess.run(str(RewrittenFileSha256().command(str(kubeconfig), server)), shell=True,
+                           capture_output=True, text=True, env=shell_env, check=True)
+    assert RewrittenFileSha256().process(alone.stdout.splitlines()) == expected
+    assert read(VmState().command(kubeconfig=(str(tmp_path / "none"), server)), shell_env)["rewritten_sha256"] is None
+
+
+def test_a_vm_that_is_not_running_while_planning_answers_nothing_and_nothing_matches():
+    assert VmState().process([]) is None
+    unknown = VmNow()
+    assert not unknown.file_matches("/etc/x", sha256="0" * 64)
+    assert not unknown.exists("/etc/x") and not unknown.unit_runs("k3s") and not unknown.first_boot_done()
+
+
+def now_with(path: str, **found) -> VmNow:
+    entry = {"type": "file", "mode": "600", "user": "root", "group": "root",
+             "sha256": hashlib.sha256(b"token\n").hexdigest(), **found}
+    return VmNow(True, {"status": "done"}, {path: entry}, {})
+
+
+@pytest.mark.parametrize("found, matches", [
+    ({}, True),
+    ({"sha256": "f" * 64}, False),
+    ({"mode": "644"}, False),
+    ({"user": "ubuntu"}, False),
+    ({"group": "ubuntu"}, False),
+    ({"type": "directory"}, False),
+])
+def test_a_file_matches_only_with_its_content_mode_and_owners(found, matches):
+    now = now_with("/etc/rancher/k3s/calicolab-token", **found)
+    assert now.file_matches("/etc/rancher/k3s/calicolab-token", text="token\n", mode="0600", user="root",
+                            group="root") is matches
+
+
+def test_content_that_is_not_known_yet_never_matches():
+    """A join token not generated yet (sha256 None) must not read as "in place"."""
+    now = now_with("/etc/rancher/k3s/calicolab-token")
+    assert not now.file_matches("/etc/rancher/k3s/calicolab-token", sha256=None)
+    assert now.file_matches("/etc/rancher/k3s/calicolab-token", sha256=hashlib.sha256(b"token\n").hexdigest())
+
+
+def test_output_that_is_not_the_read_s_is_refused():
+    from pyinfra.api.exceptions import FactProcessError
+
+    with pytest.raises(FactProcessError):
+        VmState().process(["some other program's output"])
+    with pytest.raises(FactProcessError):
+        VmState().process(["### first-boot", "### end first-boot", "file 600 root"])
