@@ -4,16 +4,18 @@ Each function is called by the deploy on every host and picks its own hosts; the
 barrier between them (cross-host order, see docs/DESIGN.md):
 
 1. ``installed(lab)``      every VM at once: the files from the workstation's download cache (k3s
-   and its installer on control, node1, node2; kubectl and calicoctl on host1); on the k3s nodes
-   the join token, config, install and service, on control then the API; on host1 BIRD and the
-   shell profile. The server and the agents install together: the token is made on the
+   and its installer on control, node1, node2; kubectl and calicoctl on host1); the configuration
+   files (the join token and k3s' config on the k3s nodes, BIRD's and the shell profile on host1);
+   k3s' installer; the service (k3s, k3s-agent, bird) running, restarted when its files changed;
+   on control then the API. The server and the agents install together: the token is made on the
    workstation, and an agent retries until its server answers;
 2. ``cluster_joined(lab)`` control: all nodes registered (NotReady until Calico), admin kubeconfig
    copied into the local state folder;
 3. ``client(lab)``         host1: the admin kubeconfig.
 
-pyinfra runs one operation at a time on all the hosts that have it, so the slow steps (downloads,
-installs) are each one operation shared by the VMs (called from one line), not one per role.
+pyinfra runs one operation at a time on all the hosts that have it, so each step is one operation
+shared by the VMs (called from one line), not one per role: no VM waits for a step of another's.
+Steps that the deploy's one read of a VM (``vm_now``) shows done are left out.
 The join token is generated once per lab in the local state folder and uploaded as a file; it
 never appears in commands, arguments, diffs or logs.
 """
@@ -21,11 +23,10 @@ never appears in commands, arguments, diffs or logs.
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
 
 from pyinfra import host
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
 from calicolab.constants import (
     AGENTS,
@@ -42,6 +43,7 @@ from calicolab.facts.vm import VmNow
 from calicolab.kube.client import KubeError
 from calicolab.model import lab_for_host
 from calicolab.operations import k3s, kubernetes, tools
+from calicolab.operations.tools import ConfigFile
 from calicolab.render import render_bird_conf, render_k3s_config, render_profile
 from calicolab.state import LabState, install_secret_filter
 
@@ -101,16 +103,6 @@ def _role(name: str) -> str | None:
     return "server" if name == SERVER else "agent" if name in AGENTS else None
 
 
-def _text_file(now: VmNow, what: str, dest: str, text: str, mode: str):
-    """A rendered file (shown as a diff with ``--diff``), unless ``now`` shows it in place; its folder
-    exists already. Returns the operation, or None when it is left out."""
-
-    if now.file_matches(dest, text=text, mode=mode, user="root", group="root"):
-        return None
-    return files.put(name=what, src=io.StringIO(text), dest=dest, user="root", group="root", mode=mode,
-                     create_remote_dir=False, _sudo=True)
-
-
 def _service_running(now: VmNow, unit: str, running: str, restart: str, after: list) -> None:
     """``unit`` active and enabled (operation ``running``), and restarted (operation ``restart``) when a
     step in ``after`` (operations; None for a step left out) changes something it reads."""
@@ -153,34 +145,53 @@ def installed(lab=None, now: VmNow | None = None) -> None:
         f"{host.name}: {'k3s and its installer' if role else 'kubectl and calicoctl'} from the workstation cache",
         k3s.k3s_downloads(lab) if role else client_downloads(lab),
     )
-    if role is None:
-        _client_tools(lab, now)
-        return
+    # One step for every VM's configuration files, so that none waits for another's.
+    if role:
+        files_step, wanted = f"k3s {role}: join token and configuration", [
+            ConfigFile(K3S_TOKEN_PATH, LabState(lab.state_path).cluster_token_source(), "0600"),
+            ConfigFile(K3S_CONFIG_PATH, render_k3s_config(lab, host.name), "0600"),
+        ]
+    else:
+        files_step, wanted = "host1: BIRD configuration and shell profile", [
+            ConfigFile(BIRD_CONFIG_PATH, render_bird_conf(lab), "0644"),
+            ConfigFile(tools.PROFILE_PATH, render_profile(lab), "0644"),
+        ]
+    differing = [item for item in wanted if not _in_place(now, item)]
+    config = tools.config_files(name=files_step, files=differing, _sudo=True) if differing else None
 
-    token_source = LabState(lab.state_path).cluster_token_source()
-    token = None
-    if not now.file_matches(K3S_TOKEN_PATH, sha256=_sha256(token_source.peek()), mode="0600", user="root",
-                            group="root"):
-        token = k3s.secret_file(name=f"k3s {role}: join token file", path=K3S_TOKEN_PATH, content=token_source,
-                                _sudo=True)
-    config = _text_file(now, f"k3s {role}: configuration", K3S_CONFIG_PATH, render_k3s_config(lab, host.name), "0600")
     install = None
-    if not now.exists(k3s.unit_file(role)):
+    if role and not now.exists(k3s.unit_file(role)):
         install = k3s.installed(
             name=f"k3s {role}: installed ({lab.k3s_version})",
             role=role,
             server_url=lab.api_url if role == "agent" else None,
             _sudo=True,
         )
-    # The installer starts k3s itself; a new binary, config or token needs a restart.
-    restart_after = [binaries, config, token]
-    if install is not None:
-        restart_after = [_UnlessInstalled(step, install) for step in restart_after if step is not None]
-    unit = k3s.UNITS[role]
-    _service_running(now, unit, f"k3s {role}: {unit} running",
-                     f"k3s {role}: restart {unit} (binary, configuration or token changed)", restart_after)
-    if role == "server" and (not now.unit_runs(unit) or any(step is not None for step in (binaries, token, config, install))):
+
+    if role:
+        unit = k3s.UNITS[role]
+        # The installer starts k3s itself; a new binary, config or token needs a restart.
+        restart_after = [step for step in (binaries, config) if step is not None]
+        if install is not None:
+            restart_after = [_UnlessInstalled(step, install) for step in restart_after]
+        running, restart = f"k3s {role}: {unit} running", f"k3s {role}: restart {unit} (binary, configuration or token changed)"
+    else:
+        unit = "bird"
+        # the shell profile is no reason to restart BIRD
+        restart_after = [config] if config is not None and any(item.path == BIRD_CONFIG_PATH for item in differing) else []
+        running, restart = "host1: BIRD running", "host1: restart BIRD (configuration changed)"
+    _service_running(now, unit, running, restart, restart_after)
+
+    if role == "server" and (not now.unit_runs(unit) or any(step is not None for step in (binaries, config, install))):
         k3s.api_ready(name="k3s server: API ready", timeout=lab.timeout_k3s_ready, _sudo=True)
+
+
+def _in_place(now: VmNow, item: ConfigFile) -> bool:
+    """Whether ``now`` shows ``item`` in place (a secret not made yet never is)."""
+    if isinstance(item.content, str):
+        return now.file_matches(item.path, text=item.content, mode=item.mode, user=item.user, group=item.group)
+    return now.file_matches(item.path, sha256=_sha256(item.content.peek()), mode=item.mode, user=item.user,
+                            group=item.group)
 
 
 class _UnlessInstalled:
@@ -195,15 +206,6 @@ class _UnlessInstalled:
 
 def _sha256(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
-
-
-def _client_tools(lab, now: VmNow) -> None:
-    """host1's BIRD and shell profile: nothing here waits for the cluster."""
-
-    bird_conf = _text_file(now, "host1: BIRD configuration", BIRD_CONFIG_PATH, render_bird_conf(lab), "0644")
-    _service_running(now, "bird", "host1: BIRD running", "host1: restart BIRD (configuration changed)", [bird_conf])
-    _text_file(now, "host1: shell profile (KUBECONFIG, DATASTORE_TYPE, calicoctl alias)", tools.PROFILE_PATH,
-               render_profile(lab), "0644")
 
 
 def cluster_joined(lab=None, now: VmNow | None = None) -> None:

@@ -206,7 +206,7 @@ def test_token_uploaded_once_and_never_shown(harness, lab, unmasked_logs):
     assert token not in h.op_texts()
     assert token not in unmasked_logs.text
     for name in ("control", "node1"):
-        assert "chmod 0600 /etc/rancher/k3s/calicolab-token" in h.commands(name)
+        assert "chmod 0600 /etc/rancher/k3s/calicolab-token" in "\n".join(h.commands(name))
 
 
 def test_token_unchanged_means_no_upload(harness, lab):
@@ -316,8 +316,8 @@ def test_kubeconfig_installed_on_host1(harness, lab, unmasked_logs):
     folder = [commands.index(c) for c in ("mkdir -p /home/ubuntu/.kube", "chmod 700 /home/ubuntu/.kube",
                                           "chown ubuntu:ubuntu /home/ubuntu/.kube")]
     assert max(folder) < commands.index("<upload /home/ubuntu/.kube/config>")
-    assert "chown ubuntu:ubuntu /home/ubuntu/.kube/config" in commands
-    assert "chmod 0600 /home/ubuntu/.kube/config" in commands
+    assert "chown ubuntu:ubuntu /home/ubuntu/.kube/config" in "\n".join(commands)
+    assert "chmod 0600 /home/ubuntu/.kube/config" in "\n".join(commands)
     assert h.uploads[0][1] == path and b"198.19.0.1:6443" in h.uploads[0][2]
     assert "S0VZLURBVEEtc2VjcmV0LWtleQ==" not in unmasked_logs.text + h.op_texts()
 
@@ -376,9 +376,9 @@ def test_a_tool_is_downloaded_only_by_the_executing_run_and_renamed_into_place(h
     h.run()
     assert meta.did_change()
     assert h.uploads == [("@fake/host1", "/usr/local/bin/tool.calicolab-new", body)]
-    commands = h.commands("host1")
-    assert commands.index("mv -f /usr/local/bin/tool.calicolab-new /usr/local/bin/tool") > commands.index(
-        "chmod 0755 /usr/local/bin/tool.calicolab-new")
+    placed = "\n".join(h.commands("host1"))
+    assert placed.index("mv -f /usr/local/bin/tool.calicolab-new /usr/local/bin/tool") > placed.index(
+        "chmod 0755 /usr/local/bin/tool.calicolab-new") > placed.index("chown root:root /usr/local/bin/tool.calicolab-new")
 
 
 def test_a_tool_whose_remote_hash_matches_the_download_is_left_alone(harness, published):

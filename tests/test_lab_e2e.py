@@ -225,7 +225,8 @@ def test_a_changed_file_and_a_stopped_service_are_put_back_and_restarted(lab):
     fixed = lab.deploy("-y", "--json")
     assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
     changed = {name for op in json.loads(fixed.stdout)["results"]["operations"] if op["success"] for name in op["names"]}
-    assert {"host1: BIRD configuration", "host1: restart BIRD (configuration changed)"} <= changed, changed
+    assert {"host1: BIRD configuration and shell profile", "host1: restart BIRD (configuration changed)",
+            "k3s agent: k3s-agent running"} <= changed, changed
     assert lab.vm("host1", "cat /etc/bird/bird.conf") == conf
     assert lab.vm("host1", "stat -c %a /etc/bird/bird.conf").strip() == "644"
     assert lab.vm("node2", "systemctl is-active k3s-agent").strip() == "active"

@@ -130,8 +130,7 @@ def _secret_commands(dest: str, data: bytes, mode: str, user: str, group: str):
         else:
             yield StringCommand("chmod", mode, QuoteString(dest))
         yield FileUploadCommand(io.BytesIO(data), dest, remote_temp_filename=host.get_temp_filename(dest))
-    yield StringCommand("chown", f"{user}:{group}", QuoteString(dest))
-    yield StringCommand("chmod", mode, QuoteString(dest))
+    yield StringCommand("chown", f"{user}:{group}", QuoteString(dest), "&&", "chmod", mode, QuoteString(dest))
 
 
 @operation()

@@ -1,19 +1,26 @@
 """
-Command-line tools inside the lab VMs, copied from the workstation's download cache
-(:mod:`calicolab.downloads`): the k3s binary and its installer on the k3s nodes, kubectl and
-calicoctl on host1. A file is replaced only when its sha256 differs from the verified download.
+Files the deploy puts into the lab VMs: command-line tools copied from the workstation's download
+cache (:mod:`calicolab.downloads`: the k3s binary and its installer on the k3s nodes, kubectl and
+calicoctl on host1; a file is replaced only when its sha256 differs from the verified download), and
+configuration files, rendered or secret, several in one step.
 """
 
 from __future__ import annotations
+
+import io
+from dataclasses import dataclass
 
 import gevent
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.util import format_text
 from pyinfra.facts.files import Sha256File
+from pyinfra.operations import files as pyinfra_files
 
 from calicolab.downloads import CachedFile, Download, DownloadCache, DownloadError, outcome, result_of
+from calicolab.operations import k3s
 from calicolab.operations.common import fail_with, print_once
+from calicolab.state import SecretSource
 
 PROFILE_PATH = "/etc/profile.d/calicolab.sh"
 
@@ -127,6 +134,57 @@ def downloads_installed(files: dict[str, Download], mode: str = "0755", cache_di
             continue
         new = f"{dest}.calicolab-new"
         yield FileUploadCommand(str(found.path), new, remote_temp_filename=host.get_temp_filename(new))
-        yield StringCommand("chown", "root:root", QuoteString(new))
-        yield StringCommand("chmod", mode, QuoteString(new))
-        yield StringCommand("mv", "-f", QuoteString(new), QuoteString(dest))
+        # one round trip: owner and mode first, then the rename
+        yield StringCommand("chown", "root:root", QuoteString(new), "&&", "chmod", mode, QuoteString(new),
+                            "&&", "mv", "-f", QuoteString(new), QuoteString(dest))
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A file for :func:`config_files`: rendered text (shown as a diff with ``--diff``) or a
+    :class:`calicolab.state.SecretSource` (never shown), with its mode and owners."""
+
+    path: str
+    content: str | SecretSource
+    mode: str
+    user: str = "root"
+    group: str = "root"
+
+
+@operation()
+def config_files(files: list[ConfigFile]):
+    """
+    Put several configuration files in place in one step: ``files.put`` for rendered text (a diff
+    with ``--diff``), :func:`calicolab.operations.k3s.secret_file` for secrets (never shown). Their
+    folders exist already. Changed when any file changed.
+
+    + files: the :class:`ConfigFile` items
+
+    One step rather than one per file, so VMs with different files (the k3s nodes' join token and
+    configuration, host1's BIRD configuration and shell profile) go through it at the same time:
+    pyinfra runs one operation at a time on every host that has it. Needs root (``_sudo=True``).
+
+    **Example:**
+
+    .. code:: python
+
+        tools.config_files(
+            name="host1: BIRD configuration and shell profile",
+            files=[ConfigFile("/etc/bird/bird.conf", bird_conf, "0644"),
+                   ConfigFile("/etc/profile.d/calicolab.sh", profile, "0644")],
+            _sudo=True,
+        )
+    """
+
+    # Every file decides (and shows its diff) before the first command is yielded: planning stops
+    # at the first yield.
+    steps = []
+    for item in files:
+        if isinstance(item.content, SecretSource):
+            steps.append(list(k3s.secret_file._inner(path=item.path, content=item.content, mode=item.mode,
+                                                     user=item.user, group=item.group)))
+        else:
+            steps.append(list(pyinfra_files.put._inner(src=io.StringIO(item.content), dest=item.path, user=item.user,
+                                                       group=item.group, mode=item.mode, create_remote_dir=False)))
+    for commands in steps:
+        yield from commands
