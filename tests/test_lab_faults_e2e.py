@@ -50,6 +50,13 @@ def output_of(result) -> str:
     return result.stdout + result.stderr
 
 
+def why_failed(result) -> str:
+    """For an assertion message: the report card's failed rows and the errors, then the output's end."""
+    text = output_of(result)
+    lines = [line for line in text.splitlines() if line.startswith("FAIL") or "rror" in line]
+    return "\n".join(lines[-40:]) + "\n...\n" + text[-3000:]
+
+
 def test_a_failed_launch_ends_the_run_at_the_next_phase_boundary_and_a_rerun_converges(lab):
     lab.netlab.set_faults({"fail": {"launch:node2": LAUNCH_FAILURE}})
     # with every timeout far beyond RUN_LIMIT, a step waiting for node2 would make the run time out here
@@ -112,13 +119,13 @@ def test_no_drift_warning_whatever_multipass_adds_but_a_real_change_is_reported(
     lab.purge_vms()
     lab.netlab.set_faults({"user_data_rewrite": rewrite})
     built = lab.deploy("-y")
-    assert built.returncode == 0, output_of(built)[-3000:]
+    assert built.returncode == 0, why_failed(built)
     if rewrite in ("pollinate", "sshfs"):  # the double really changed what cloud-init got
         stored = lab.vm("node1", "sudo cat /var/lib/cloud/instance/user-data.txt")
         assert f"- {rewrite}" in stored
 
     again = lab.deploy("-y")
-    assert again.returncode == 0, output_of(again)[-3000:]
+    assert again.returncode == 0, why_failed(again)
     for result in (built, again):
         assert DRIFT not in output_of(result) and NO_FINGERPRINT not in output_of(result)
 
