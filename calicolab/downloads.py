@@ -7,7 +7,9 @@ next build downloads nothing again. Delete the folder to free the space.
 
 Each file is stored under a folder named after its URL, beside a ``.sha256`` file holding the digest
 it was verified against. A cached file is re-hashed before use (once per process): a file whose
-digest no longer matches is removed and downloaded again.
+digest no longer matches is removed and downloaded again. A download in progress is written to
+``.<name>.<pid>.part`` and renamed once verified; one left by a run that was killed is removed by
+the next download of that file.
 
 Example::
 
@@ -159,6 +161,7 @@ class DownloadCache:
             for folder in (self.root.parent, self.root, path.parent):
                 os.chmod(folder, FOLDER_MODE)
             digest_path.unlink(missing_ok=True)
+            _remove_abandoned_parts(path)
             # the checksum file and the file itself at the same time
             published = gevent.spawn(outcome, _read_text, item.checksum_url) if item.checksum_url else None
             temp = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -177,6 +180,24 @@ class DownloadCache:
                 temp.unlink(missing_ok=True)
             digest_path.write_text(actual + "\n")
             return CachedFile(path, actual)
+
+
+def _remove_abandoned_parts(path: Path) -> None:
+    """Remove the partial downloads of ``path`` that a killed run left (``.<name>.<pid>.part`` of a
+    process that is gone); another live run's download stays. POSIX only: Windows has no signal 0."""
+    if os.name != "posix":
+        return
+    prefix = f".{path.name}."
+    for part in path.parent.glob(f"{prefix}*.part"):
+        pid = part.name[len(prefix):-len(".part")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's process: alive
 
 
 def outcome(function, *args):

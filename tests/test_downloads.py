@@ -66,6 +66,26 @@ def test_a_download_is_verified_cached_0700_and_never_fetched_again(server, tmp_
     assert again == first and len(server.requests) == 2
 
 
+def test_a_partial_download_left_by_a_killed_run_is_removed_but_not_a_live_run_s(server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cache = DownloadCache(tmp_path / "cache")
+    item = publish(server)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid no longer names a process
+    folder = cache.root / hashlib.sha256(item.url.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True)
+    abandoned, live = folder / f".tool.{gone.pid}.part", folder / f".tool.{os.getppid()}.part"
+    for part in (abandoned, live):
+        part.write_bytes(b"half a too")
+    found = cache.fetch(item)
+    assert found.path.parent == folder
+    assert not abandoned.exists(), "left by a run that was killed"
+    assert live.exists(), "another run may still be writing it"
+
+
 def test_a_download_that_does_not_match_its_published_checksum_is_refused(server, tmp_path):
     cache = DownloadCache(tmp_path / "downloads")
     item = publish(server, digest="f" * 64)
