@@ -22,7 +22,6 @@ never appears in commands, arguments, diffs or logs.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 
 from pyinfra import host
@@ -87,13 +86,14 @@ def vm_now(lab=None) -> VmNow:
     if host.name not in lab.vms:
         return VmNow()
     role = _role(host.name)
+    _, wanted = _config_files(lab, role)
+    files = [*_binaries(lab, role), *(item.path for item in wanted)]
     if role is None:
-        return VmNow.read(host, files=[*client_downloads(lab), BIRD_CONFIG_PATH, tools.PROFILE_PATH,
-                                       HOST1_KUBECONFIG_PATH, posixpath.dirname(HOST1_KUBECONFIG_PATH)],
+        return VmNow.read(host, files=[*files, HOST1_KUBECONFIG_PATH, posixpath.dirname(HOST1_KUBECONFIG_PATH)],
                           units=["bird"])
     return VmNow.read(
         host,
-        files=[*k3s.k3s_downloads(lab), K3S_TOKEN_PATH, K3S_CONFIG_PATH, k3s.unit_file(role)],
+        files=[*files, k3s.unit_file(role)],
         units=[k3s.UNITS[role]],
         kubeconfig=(K3S_KUBECONFIG_PATH, lab.api_url) if role == "server" else None,
     )
@@ -103,9 +103,33 @@ def _role(name: str) -> str | None:
     return "server" if name == SERVER else "agent" if name in AGENTS else None
 
 
-def _service_running(now: VmNow, unit: str, running: str, restart: str, after: list) -> None:
+def _binaries(lab, role: str | None) -> dict[str, Download]:
+    return k3s.k3s_downloads(lab) if role else client_downloads(lab)
+
+
+def _config_files(lab, role: str | None) -> tuple[str, list[ConfigFile]]:
+    """The VM's configuration files, and the name of the step that puts them in place."""
+    if role:
+        return f"k3s {role}: join token and configuration", [
+            ConfigFile(K3S_TOKEN_PATH, LabState(lab.state_path).cluster_token_source(), "0600"),
+            ConfigFile(K3S_CONFIG_PATH, render_k3s_config(lab, host.name), "0600"),
+        ]
+    return "host1: BIRD configuration and shell profile", [
+        ConfigFile(BIRD_CONFIG_PATH, render_bird_conf(lab), "0644"),
+        ConfigFile(tools.PROFILE_PATH, render_profile(lab), "0644"),
+    ]
+
+
+def _in_place(now: VmNow, item: ConfigFile) -> bool:
+    """Whether ``now`` shows ``item`` in place (a secret not made yet never is)."""
+    content = item.content if isinstance(item.content, str) else item.content.peek()
+    return now.file_matches(item.path, content=content, mode=item.mode, user=item.user, group=item.group)
+
+
+def _service_running(now: VmNow, unit: str, running: str, restart: str, after: list, unless=None) -> None:
     """``unit`` active and enabled (operation ``running``), and restarted (operation ``restart``) when a
-    step in ``after`` (operations; None for a step left out) changes something it reads."""
+    step in ``after`` (operations; None for a step left out) changes something it reads, unless the
+    step ``unless`` changed (the installer, which starts the service itself)."""
 
     if not now.unit_runs(unit):
         systemd.service(name=running, service=unit, running=True, enabled=True, _sudo=True)
@@ -117,7 +141,7 @@ def _service_running(now: VmNow, unit: str, running: str, restart: str, after: l
             running=True,
             restarted=True,
             enabled=True,
-            _if=lambda: any(step.did_change() for step in changes),
+            _if=lambda: any(step.did_change() for step in changes) and not (unless is not None and unless.did_change()),
             _sudo=True,
         )
 
@@ -143,19 +167,10 @@ def installed(lab=None, now: VmNow | None = None) -> None:
     binaries = _downloads(
         now,
         f"{host.name}: {'k3s and its installer' if role else 'kubectl and calicoctl'} from the workstation cache",
-        k3s.k3s_downloads(lab) if role else client_downloads(lab),
+        _binaries(lab, role),
     )
     # One step for every VM's configuration files, so that none waits for another's.
-    if role:
-        files_step, wanted = f"k3s {role}: join token and configuration", [
-            ConfigFile(K3S_TOKEN_PATH, LabState(lab.state_path).cluster_token_source(), "0600"),
-            ConfigFile(K3S_CONFIG_PATH, render_k3s_config(lab, host.name), "0600"),
-        ]
-    else:
-        files_step, wanted = "host1: BIRD configuration and shell profile", [
-            ConfigFile(BIRD_CONFIG_PATH, render_bird_conf(lab), "0644"),
-            ConfigFile(tools.PROFILE_PATH, render_profile(lab), "0644"),
-        ]
+    files_step, wanted = _config_files(lab, role)
     differing = [item for item in wanted if not _in_place(now, item)]
     config = tools.config_files(name=files_step, files=differing, _sudo=True) if differing else None
 
@@ -170,42 +185,19 @@ def installed(lab=None, now: VmNow | None = None) -> None:
 
     if role:
         unit = k3s.UNITS[role]
-        # The installer starts k3s itself; a new binary, config or token needs a restart.
-        restart_after = [step for step in (binaries, config) if step is not None]
-        if install is not None:
-            restart_after = [_UnlessInstalled(step, install) for step in restart_after]
-        running, restart = f"k3s {role}: {unit} running", f"k3s {role}: restart {unit} (binary, configuration or token changed)"
+        # a new binary, config or token needs a restart (the installer starts k3s itself)
+        _service_running(now, unit, f"k3s {role}: {unit} running",
+                         f"k3s {role}: restart {unit} (binary, configuration or token changed)",
+                         [binaries, config], unless=install)
     else:
         unit = "bird"
         # the shell profile is no reason to restart BIRD
-        restart_after = [config] if config is not None and any(item.path == BIRD_CONFIG_PATH for item in differing) else []
-        running, restart = "host1: BIRD running", "host1: restart BIRD (configuration changed)"
-    _service_running(now, unit, running, restart, restart_after)
+        bird_changes = config is not None and any(item.path == BIRD_CONFIG_PATH for item in differing)
+        _service_running(now, unit, "host1: BIRD running", "host1: restart BIRD (configuration changed)",
+                         [config] if bird_changes else [])
 
     if role == "server" and (not now.unit_runs(unit) or any(step is not None for step in (binaries, config, install))):
         k3s.api_ready(name="k3s server: API ready", timeout=lab.timeout_k3s_ready, _sudo=True)
-
-
-def _in_place(now: VmNow, item: ConfigFile) -> bool:
-    """Whether ``now`` shows ``item`` in place (a secret not made yet never is)."""
-    if isinstance(item.content, str):
-        return now.file_matches(item.path, text=item.content, mode=item.mode, user=item.user, group=item.group)
-    return now.file_matches(item.path, sha256=_sha256(item.content.peek()), mode=item.mode, user=item.user,
-                            group=item.group)
-
-
-class _UnlessInstalled:
-    """A step whose change needs a restart, unless the installer ran in this run (it starts k3s itself)."""
-
-    def __init__(self, step, install):
-        self.step, self.install = step, install
-
-    def did_change(self) -> bool:
-        return self.step.did_change() and not self.install.did_change()
-
-
-def _sha256(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def cluster_joined(lab=None, now: VmNow | None = None) -> None:
@@ -222,8 +214,7 @@ def cluster_joined(lab=None, now: VmNow | None = None) -> None:
             timeout=lab.timeout_k3s_ready,
             _sudo=True,
         )
-    local = LabState(lab.state_path).read_kubeconfig()
-    if now.rewritten_sha256 is None or now.rewritten_sha256 != _sha256(local):
+    if not now.kubeconfig_matches(LabState(lab.state_path).read_kubeconfig()):
         k3s.kubeconfig_fetched(name="k3s: admin kubeconfig in the local state folder", lab=lab, _sudo=True)
 
 
@@ -244,7 +235,7 @@ def client(lab=None, now: VmNow | None = None) -> None:
         return
     install_secret_filter()
     user = "ubuntu"
-    if now.file_matches(HOST1_KUBECONFIG_PATH, sha256=_sha256(LabState(lab.state_path).read_kubeconfig()),
+    if now.file_matches(HOST1_KUBECONFIG_PATH, content=LabState(lab.state_path).read_kubeconfig(),
                         mode="0600", user=user, group=user) and now.directory_matches(
             posixpath.dirname(HOST1_KUBECONFIG_PATH), mode="0700", user=user, group=user):
         return

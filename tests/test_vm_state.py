@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 
-from calicolab.facts.k3s import RewrittenFileSha256
 from calicolab.facts.vm import VmNow, VmState
 from calicolab.operations.k3s import rewrite_kubeconfig
 
@@ -88,11 +87,11 @@ def test_the_kubeconfig_hash_is_the_rewritten_copy_s_as_the_fetch_step_computes_
 
     answer = read(VmState().command(kubeconfig=(str(kubeconfig), server)), shell_env)
 
-    expected = hashlib.sha256(rewrite_kubeconfig(text, server).encode()).hexdigest()
-    assert answer["rewritten_sha256"] == expected
-    alone = subprocess.run(str(RewrittenFileSha256().command(str(kubeconfig), server)), shell=True,
-                           capture_output=True, text=True, env=shell_env, check=True)
-    assert RewrittenFileSha256().process(alone.stdout.splitlines()) == expected
+    fetched = rewrite_kubeconfig(text, server).encode()  # what the fetch step stores locally
+    assert answer["rewritten_sha256"] == hashlib.sha256(fetched).hexdigest()
+    now = VmNow(True, answer["first_boot"], answer["files"], answer["units"], answer["rewritten_sha256"])
+    assert now.kubeconfig_matches(fetched) and not now.kubeconfig_matches(text.encode())
+    assert not now.kubeconfig_matches(None), "no local copy yet: it must be fetched"
     assert read(VmState().command(kubeconfig=(str(tmp_path / "none"), server)), shell_env)["rewritten_sha256"] is None
 
 
@@ -119,7 +118,7 @@ def now_with(path: str, **found) -> VmNow:
 ])
 def test_a_file_matches_only_with_its_content_mode_and_owners(found, matches):
     now = now_with("/etc/rancher/k3s/calicolab-token", **found)
-    assert now.file_matches("/etc/rancher/k3s/calicolab-token", text="token\n", mode="0600", user="root",
+    assert now.file_matches("/etc/rancher/k3s/calicolab-token", content="token\n", mode="0600", user="root",
                             group="root") is matches
 
 

@@ -21,6 +21,7 @@ from typing_extensions import override
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
+from calicolab.facts.k3s import RewrittenFileSha256
 from calicolab.facts.multipass import first_boot_command, parse_first_boot
 
 _FIRST_BOOT = "### first-boot"
@@ -42,7 +43,7 @@ class VmNow:
     Example::
 
         now = VmNow.read(host, files=["/etc/rancher/k3s/config.yaml"], units=["k3s"])
-        if not now.file_matches("/etc/rancher/k3s/config.yaml", text=config, mode="0600"):
+        if not now.file_matches("/etc/rancher/k3s/config.yaml", content=config, mode="0600"):
             files.put(...)
     """
 
@@ -62,22 +63,26 @@ class VmNow:
             return cls()
         return cls(True, answer["first_boot"], answer["files"], answer["units"], answer["rewritten_sha256"])
 
-    def file_matches(self, path: str, *, text: str | bytes | None = None, sha256: str | None = None,
+    def file_matches(self, path: str, *, content: str | bytes | None = None, sha256: str | None = None,
                      mode: str | None = None, user: str | None = None, group: str | None = None) -> bool:
-        """Whether ``path`` is a regular file with this content (``text``, or its ``sha256``: None means
-        the content to compare with is not known, so it does not match) and, when given, this mode
-        and these owners."""
+        """Whether ``path`` is a regular file with this content (``content``, or its ``sha256``; with
+        neither, the content to compare with is not known, so it does not match) and, when given,
+        this mode and these owners."""
         found = self.files.get(path) if self.known else None
         if not found or found["type"] != "file":
             return False
-        if text is not None:
-            sha256 = _sha256(text)
+        if content is not None:
+            sha256 = _sha256(content)
         return (
             sha256 is not None and found["sha256"] == sha256
             and (mode is None or found["mode"] == mode.lstrip("0"))
             and (user is None or found["user"] == user)
             and (group is None or found["group"] == group)
         )
+
+    def kubeconfig_matches(self, content: bytes | None) -> bool:
+        """Whether the server's kubeconfig, rewritten like the fetched copy, is ``content``."""
+        return self.known and content is not None and self.rewritten_sha256 == _sha256(content)
 
     def exists(self, path: str) -> bool:
         return self.known and self.files.get(path) is not None
@@ -137,10 +142,8 @@ class VmState(FactBase):
             parts.append(f"echo \"unit $(systemctl is-active {u} 2>/dev/null || true) "
                          f"$(systemctl is-enabled {u} 2>/dev/null || true) \"{u}")
         if kubeconfig:
-            path, server = kubeconfig
-            script = shlex.quote("s#^\\([[:space:]]*\\)server:[[:space:]].*$#\\1server: {0}#".format(server))
-            p = shlex.quote(path)
-            parts.append(f"if [ -f {p} ]; then echo \"rewritten $(sed {script} {p} | sha256sum)\"; fi")
+            rewritten = RewrittenFileSha256().command(*kubeconfig).get_raw_value()
+            parts.append(f'printf "rewritten %s\\n" "$({rewritten})"')
         return "; ".join(parts) + "; true"
 
     @override
