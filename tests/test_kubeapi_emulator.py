@@ -683,6 +683,10 @@ def test_kubectl_apply_get_rollout(kubectl, tmp_path):
     cluster = FakeCluster(kubectl.emu, nodes=[("control", "198.19.0.1")], deployments="never")
     cluster.start()
     try:
+        # the controller has seen the deployment (until then kubectl's first line is "Waiting for
+        # deployment spec update to be observed...", and the line asserted below may never come)
+        _wait_for(lambda: ((kubectl.emu.store.get("apps/v1", "Deployment", "customer", "yaobank") or {})
+                           .get("status") or {}).get("observedGeneration") == 1)
         waiting = subprocess.Popen([KUBECTL, "rollout", "status", "deployment/customer", "-n", "yaobank",
                                     "--timeout=30s"], env=kubectl.env, stdout=subprocess.PIPE, text=True)
         first = waiting.stdout.readline()  # kubectl saw the rollout unfinished (watching now) ...
