@@ -607,6 +607,30 @@ def test_tls_is_verified(tmp_path):
             kclient.connect(make_lab(tmp_path, emulator.port))
 
 
+def test_the_client_key_is_not_left_on_disk(tmp_path, monkeypatch, emu):
+    """Python's ssl loads a client certificate from files only: the key goes into a private folder that
+    is gone again once the connection is made (the official client kept such files for the whole run)."""
+    scratch = tmp_path / "tmp"
+    state = tmp_path / "state"
+    scratch.mkdir()
+    state.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    made = []
+    real_load = __import__("ssl").SSLContext.load_cert_chain
+
+    def spy(context, certfile, keyfile=None, password=None):
+        made.append((Path(certfile), Path(keyfile), oct(Path(keyfile).stat().st_mode & 0o777),
+                     oct(Path(keyfile).parent.stat().st_mode & 0o777)))
+        return real_load(context, certfile, keyfile, password)
+
+    monkeypatch.setattr("ssl.SSLContext.load_cert_chain", spy)
+    emu.write_kubeconfig(state / "kubeconfig.yaml")
+    with kclient.connect(make_lab(state, emu.port)) as api:
+        assert api.get("v1", "Namespace", "default")["metadata"]["name"] == "default"
+    assert [(mode, folder_mode) for _, _, mode, folder_mode in made] == [("0o600", "0o700")]
+    assert made[0][1].is_relative_to(scratch) and list(scratch.iterdir()) == []
+
+
 # --- the k3s kubectl fallback, with a real kubectl against the emulator -----------------------------
 
 

@@ -2,7 +2,7 @@
 
 Two ways in, one interface (:class:`KubeApi`):
 
-* :class:`DirectApi` — the official ``kubernetes`` client (``DynamicClient``) built from the admin
+* :class:`DirectApi` — the API's REST interface over HTTPS (urllib3), with the credentials of the admin
   kubeconfig in the local state folder (``lab.state_path / "kubeconfig.yaml"``). Its server
   (``https://<control lab ip>:6443``) is not always routable from the workstation, so
   :func:`connect_direct` tries, in this order, the addresses it is given (control's addresses as
@@ -23,18 +23,19 @@ Every request carries a timeout (pyinfra runs under gevent; a hung socket would 
 
 from __future__ import annotations
 
-import functools
+import base64
 import json
 import math
+import os
 import shlex
 import shutil
 import socket
+import ssl
 import tempfile
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import urllib3
 import yaml
@@ -194,24 +195,10 @@ class KubeApi:
 
 # --- Direct connection ----------------------------------------------------------------------------
 
-
-@functools.lru_cache(maxsize=None)
-def _timeout_api_client_class():
-    from kubernetes.client import ApiClient
-
-    class TimeoutApiClient(ApiClient):
-        """ApiClient that never sends a request without a timeout (discovery included)."""
-
-        default_request_timeout: float = REQUEST_TIMEOUT
-
-        def call_api(self, *args, _request_timeout=None, **kwargs):
-            return super().call_api(*args, _request_timeout=_request_timeout or self.default_request_timeout, **kwargs)
-
-    return TimeoutApiClient
-
-
 #: HTTP statuses that mean "not now" (the API server starting, overloaded or restarting)
 TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+#: Watch events that report a change (an ``ERROR`` event, e.g. 410 Gone for an expired version, is none)
+CHANGE_EVENTS = (b"ADDED", b"MODIFIED", b"DELETED")
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -219,131 +206,164 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 class DirectApi(KubeApi):
-    def __init__(self, api_client, description: str, request_timeout: float = REQUEST_TIMEOUT):
-        from kubernetes.dynamic import DynamicClient
+    """The API's REST interface over HTTPS (urllib3), as the Kubernetes API reference describes it.
 
-        self.api_client = api_client
+    Paths are ``/api/v1/...`` for the core group and ``/apis/<group>/<version>/...`` otherwise, with
+    ``namespaces/<ns>/`` before the plural for namespaced kinds. A kind's plural and scope come from its
+    group version's discovery document (``GET /apis/<group>/<version>``), read on first use and read
+    again when a kind is missing from it (a CRD made since). Server-side apply is a ``PATCH`` with
+    content type ``application/apply-patch+yaml`` (JSON is YAML) and ``fieldManager``; a watch is a
+    ``GET`` with ``watch=true&resourceVersion=...`` whose response is one JSON event per line.
+
+    The client of choice for a one-shot deploy: the official ``kubernetes`` package costs ~0.3 s of
+    imports and ~360 modules per run (and pyinfra's per-operation stack inspection slows with every
+    module loaded), for the five requests calicolab makes.
+    """
+
+    def __init__(self, url: str, ssl_context: ssl.SSLContext, headers: dict[str, str], description: str,
+                 tls_name: str | None = None, request_timeout: float = REQUEST_TIMEOUT):
+        parts = urlsplit(url)
         self.description = description
         self.request_timeout = request_timeout
-        # A private discovery cache: the default one in $TMPDIR is keyed by URL only and survives
-        # lab rebuilds (stale CRD kinds). Removed on close, or when the run ends.
-        cache_dir = tempfile.mkdtemp(prefix="calicolab-discovery-")
-        self._remove_cache = weakref.finalize(self, shutil.rmtree, cache_dir, True)
+        self._headers = {"Accept": "application/json", "User-Agent": FIELD_MANAGER, **headers}
+        # retry only failed connects (nothing was sent); a request that reached the server is not repeated
+        retries = urllib3.util.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.3)
+        self._pool = urllib3.HTTPSConnectionPool(
+            parts.hostname, parts.port or 443, ssl_context=ssl_context, server_hostname=tls_name,
+            retries=retries, maxsize=4, block=False,
+        )
+        self._kinds: dict[str, dict[str, tuple[str, bool]]] = {}  # api version -> kind -> (plural, namespaced)
         try:
-            self.dynamic = DynamicClient(api_client, cache_file=str(Path(cache_dir) / "discovery.json"))
-        except _connection_errors() as exc:
+            self._request("GET", "/api", what="discovery")
+        except KubeError as exc:  # the port answers but it is not (yet) a Kubernetes API serving us
             self.close()
-            raise ApiUnreachable(f"API at {description} answered TCP but not discovery: {_describe(exc)}") from exc
-        except Exception as exc:  # the port answers but it is not (yet) a Kubernetes API
-            self.close()
-            raise ApiUnreachable(f"API at {description} answered TCP but discovery failed: {_describe(exc)}") from exc
+            raise ApiUnreachable(f"API at {description} answered TCP but discovery failed: {exc}") from None
 
     def close(self) -> None:
-        self._remove_cache()
-        self.api_client.close()
+        self._pool.close()
 
     def _timeout(self, timeout: float | None) -> float:
         return self.request_timeout if timeout is None else max(0.1, min(timeout, self.request_timeout))
 
-    def resource(self, api_version: str, kind: str):
-        from kubernetes.dynamic.exceptions import ResourceNotFoundError
-
+    def _request(self, method: str, path: str, *, what: str, fields: dict | None = None, body: bytes | None = None,
+                 content_type: str | None = None, timeout: float | None = None) -> dict:
+        headers = dict(self._headers, **({"Content-Type": content_type} if content_type else {}))
+        url = path + (f"?{urlencode(fields)}" if fields else "")
         try:
-            # LazyDiscoverer invalidates its cache and re-discovers on a miss (fresh CRDs).
-            return self.dynamic.resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            raise NotFound(f"the API does not serve kind {kind} in {api_version} (yet)") from None
-        except _connection_errors() as exc:
-            raise ApiUnreachable(f"discovery of {kind} ({api_version}): {_describe(exc)}") from exc
-
-    def _call(self, what: str, func: Callable, *args, timeout: float | None = None, **kwargs):
-        from kubernetes.dynamic.exceptions import ConflictError, DynamicApiError, NotFoundError
-
-        kwargs["_request_timeout"] = self._timeout(timeout)
-        try:
-            return func(*args, **kwargs)
-        except NotFoundError as exc:
-            raise NotFound(f"{what}: {status_message(exc.body)}") from None
-        except ConflictError as exc:
-            raise ApplyConflict(conflict_hint(what, status_message(exc.body))) from None
-        except DynamicApiError as exc:
-            error = ApiUnreachable if exc.status in TRANSIENT_STATUSES else KubeError
-            raise error(f"{what}: HTTP {exc.status}: {status_message(exc.body)}") from None
+            response = self._pool.request(method, url, body=body, headers=headers,
+                                          timeout=urllib3.Timeout(total=self._timeout(timeout)))
         except _connection_errors() as exc:
             raise ApiUnreachable(f"{what}: {self.description}: {_describe(exc)}") from exc
+        if response.status == 404:
+            raise NotFound(f"{what}: {status_message(response.data)}")
+        if response.status == 409:
+            raise ApplyConflict(conflict_hint(what, status_message(response.data)))
+        if response.status >= 400:
+            error = ApiUnreachable if response.status in TRANSIENT_STATUSES else KubeError
+            raise error(f"{what}: HTTP {response.status}: {status_message(response.data)}")
+        try:
+            return json.loads(response.data)
+        except ValueError as exc:
+            raise KubeError(f"{what}: the API answered HTTP {response.status} with no JSON: {exc}") from None
+
+    def _discovered(self, api_version: str) -> dict[str, tuple[str, bool]]:
+        try:
+            document = self._request("GET", _group_version_path(api_version), what=f"discovery of {api_version}")
+        except NotFound:
+            document = {}  # the group version is not served (yet)
+        kinds = {item["kind"]: (item["name"], bool(item.get("namespaced")))
+                 for item in document.get("resources") or [] if "/" not in item.get("name", "/")}
+        self._kinds[api_version] = kinds
+        return kinds
+
+    def resource(self, api_version: str, kind: str) -> tuple[str, bool]:
+        """``(plural, namespaced)`` of ``kind``; NotFound while the API does not serve it."""
+        found = self._kinds.get(api_version, {}).get(kind)
+        if found is None:  # not known yet, or a fresh CRD: discover this group version again
+            found = self._discovered(api_version).get(kind)
+        if found is None:
+            raise NotFound(f"the API does not serve kind {kind} in {api_version} (yet)")
+        return found
+
+    def _path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+        plural, namespaced = self.resource(api_version, kind)
+        path = _group_version_path(api_version)
+        if namespaced and namespace:
+            path += f"/namespaces/{quote(namespace, safe='')}"
+        path += f"/{plural}"
+        return path + (f"/{quote(name, safe='')}" if name else "")
 
     def get(self, api_version, kind, name, namespace=None, timeout=None):
         try:
-            resource = self.resource(api_version, kind)
+            return self._request("GET", self._path(api_version, kind, namespace, name), what=f"get {kind} {name}",
+                                 timeout=timeout)
         except NotFound:
             return None
-        ns = namespace if resource.namespaced else None
-        try:
-            result = self._call(f"get {kind} {name}", self.dynamic.get, resource, name=name, namespace=ns,
-                                timeout=timeout)
-        except NotFound:
-            return None
-        return result.to_dict()
 
     def snapshot(self, api_version, kind, namespace=None, label_selector=None, timeout=None):
         try:
-            resource = self.resource(api_version, kind)
+            path = self._path(api_version, kind, namespace)
         except NotFound:
             return [], None
-        ns = namespace if resource.namespaced else None
-        result = self._call(
-            f"list {kind}", self.dynamic.get, resource, namespace=ns, label_selector=label_selector, timeout=timeout
-        ).to_dict()
+        result = self._request("GET", path, what=f"list {kind}", timeout=timeout,
+                               fields={"labelSelector": label_selector} if label_selector else None)
         return list(result.get("items") or []), (result.get("metadata") or {}).get("resourceVersion") or None
 
     def wait_for_change(self, api_version, kind, namespace, resource_version, seconds):
         """A watch from ``resource_version``: True at the first event (ADDED, MODIFIED, DELETED), False
         after ``seconds``. Without a version (kind not served yet) it sleeps."""
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
         if not resource_version:
             return super().wait_for_change(api_version, kind, namespace, resource_version, seconds)
-        try:
-            resource = self.resource(api_version, kind)
-        except NotFound:
-            return super().wait_for_change(api_version, kind, namespace, resource_version, seconds)
-        watcher = watch.Watch()
-        stream = watcher.stream(
-            resource.get,
-            namespace=namespace if resource.namespaced else None,
-            resource_version=resource_version,
-            timeout_seconds=max(1, math.ceil(seconds)),
-            _request_timeout=max(0.1, seconds),
-            serialize=False,
-        )
         started = time.monotonic()
         try:
-            for _event in stream:
-                return True  # something changed: probe again at once
-        except (*_connection_errors(), ApiException):
-            # the pause ran out (read timeout), the version expired (410) or the API went away: the next
-            # probe finds out which; a watch that fails at once must not turn the pause into a busy loop
-            time.sleep(max(0.0, seconds - (time.monotonic() - started)))
-        finally:
-            watcher.stop()
+            path = self._path(api_version, kind, namespace)
+            fields = {"watch": "true", "resourceVersion": resource_version, "timeoutSeconds": max(1, math.ceil(seconds))}
+            response = self._pool.request("GET", f"{path}?{urlencode(fields)}", headers=self._headers, retries=False,
+                                          preload_content=False,
+                                          timeout=urllib3.Timeout(connect=max(0.1, min(seconds, PROBE_TIMEOUT)),
+                                                                  read=max(0.1, seconds)))
+            try:
+                if response.status == 200 and _first_event_type(response) in CHANGE_EVENTS:
+                    return True  # something changed: probe again at once
+            finally:
+                response.release_conn()
+        except (*_connection_errors(), KubeError):
+            pass
+        # the pause ran out (read timeout), the version expired (410) or the API went away: the next probe
+        # finds out which; a watch that fails at once must not turn the pause into a busy loop
+        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
         return False
 
     def apply(self, obj, dry_run=False, timeout=None):
-        ref = object_ref(obj)
-        resource = self.resource(obj.get("apiVersion", ""), obj.get("kind", ""))
-        namespace = None
-        if resource.namespaced:
-            namespace = (obj.get("metadata") or {}).get("namespace") or "default"
-        kwargs: dict[str, Any] = {
-            "namespace": namespace,
-            "field_manager": FIELD_MANAGER,
-            "force_conflicts": force_allowed(obj),
-        }
+        meta = obj.get("metadata") or {}
+        api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
+        _, namespaced = self.resource(api_version, kind)
+        fields = {"fieldManager": FIELD_MANAGER}
+        if force_allowed(obj):
+            fields["force"] = "true"
         if dry_run:
-            kwargs["dry_run"] = "All"
-        result = self._call(ref, self.dynamic.server_side_apply, resource, body=obj, timeout=timeout, **kwargs)
-        return result.to_dict() if hasattr(result, "to_dict") else result
+            fields["dryRun"] = "All"
+        path = self._path(api_version, kind, (meta.get("namespace") or "default") if namespaced else None,
+                          meta.get("name", ""))
+        return self._request("PATCH", path, what=object_ref(obj), fields=fields, body=json.dumps(obj).encode(),
+                             content_type="application/apply-patch+yaml", timeout=timeout)
+
+
+def _group_version_path(api_version: str) -> str:
+    return "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+
+
+def _first_event_type(response) -> bytes:
+    """The ``type`` of the first event of a watch response (one JSON object per line)."""
+    line = b""
+    for chunk in response.stream(None, decode_content=False):
+        line += chunk
+        if b"\n" in line:
+            break
+    try:
+        return str(json.loads(line.split(b"\n", 1)[0]).get("type", "")).encode()
+    except (ValueError, AttributeError):
+        return b""
 
 
 def _describe(exc: BaseException) -> str:
@@ -367,14 +387,7 @@ def load_kubeconfig(path: Path) -> dict:
 
 def kubeconfig_server(config: dict) -> str:
     """The server URL of the current context's cluster."""
-    contexts = {c["name"]: c.get("context") or {} for c in config.get("contexts") or []}
-    clusters = {c["name"]: c.get("cluster") or {} for c in config.get("clusters") or []}
-    current = config.get("current-context")
-    cluster_name = (contexts.get(current) or {}).get("cluster") if current else None
-    cluster = clusters.get(cluster_name) if cluster_name else None
-    if cluster is None:
-        cluster = next(iter(clusters.values()))
-    server = cluster.get("server")
+    server = _current(config)[0].get("server")
     if not server:
         raise KubeError("kubeconfig cluster has no server")
     return server
@@ -415,30 +428,59 @@ def tcp_answers(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
         return False
 
 
+def _current(config: dict) -> tuple[dict, dict]:
+    """The cluster and the user of the kubeconfig's current context (the first ones without a context)."""
+    contexts = {c["name"]: c.get("context") or {} for c in config.get("contexts") or []}
+    context = contexts.get(config.get("current-context") or "") or {}
+    clusters = {c["name"]: c.get("cluster") or {} for c in config.get("clusters") or []}
+    users = {u["name"]: u.get("user") or {} for u in config.get("users") or []}
+    cluster = clusters.get(context.get("cluster") or "")
+    user = users.get(context.get("user") or "")
+    return (cluster if cluster is not None else next(iter(clusters.values()), {}),
+            user if user is not None else next(iter(users.values()), {}))
+
+
+def _pem(entry: dict, key: str, base: Path) -> bytes | None:
+    """``<key>-data`` (base64) or the file ``<key>`` (relative to the kubeconfig's folder) of ``entry``."""
+    if entry.get(f"{key}-data"):
+        return base64.b64decode(entry[f"{key}-data"])
+    if entry.get(key):
+        return (base / entry[key]).read_bytes()
+    return None
+
+
+def tls_context(config: dict, base: Path) -> tuple[ssl.SSLContext, dict[str, str]]:
+    """The TLS context (the cluster's CA, the user's client certificate) and the headers (a bearer token)
+    of the kubeconfig's current context. TLS is always verified."""
+    cluster, user = _current(config)
+    ca = _pem(cluster, "certificate-authority", base)
+    context = ssl.create_default_context(cadata=ca.decode()) if ca else ssl.create_default_context()
+    cert, key = _pem(user, "client-certificate", base), _pem(user, "client-key", base)
+    if cert and key:
+        # ssl loads a certificate chain from files only: a private folder, removed at once
+        folder = Path(tempfile.mkdtemp(prefix="calicolab-tls-"))
+        try:
+            for name, data in (("cert.pem", cert), ("key.pem", key)):
+                fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
+    return context, headers
+
+
 def direct_api(kubeconfig: Path, url: str, server: str, request_timeout: float = REQUEST_TIMEOUT) -> DirectApi:
     """A DirectApi for ``url`` using the credentials of ``kubeconfig`` (whose server is ``server``)."""
-    from kubernetes import config as kube_config
-    from kubernetes.client import Configuration
-
-    configuration = Configuration()
     try:
-        kube_config.load_kube_config(
-            config_file=str(kubeconfig), client_configuration=configuration, persist_config=False
-        )
-    except kube_config.ConfigException as exc:
-        raise ApiUnreachable(f"cannot use {kubeconfig}: {exc}") from exc
-    configuration.host = url
-    note = ""
+        context, headers = tls_context(load_kubeconfig(kubeconfig), kubeconfig.parent)
+    except (OSError, ValueError, KeyError, TypeError, ssl.SSLError, yaml.YAMLError, KubeError) as exc:
+        raise ApiUnreachable(f"cannot use {kubeconfig}: {_describe(exc)}") from exc
+    tls_name, note = None, ""
     if urlsplit(url).hostname != urlsplit(server).hostname:
-        configuration.tls_server_name = K3S_TLS_SERVER_NAME
-        note = f", TLS name {K3S_TLS_SERVER_NAME}"
-    # retry only failed connects (nothing was sent); a request that reached the server is not repeated
-    configuration.retries = urllib3.util.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0,
-                                               backoff_factor=0.3)
-    client_class = _timeout_api_client_class()
-    api_client = client_class(configuration=configuration)
-    api_client.default_request_timeout = request_timeout
-    return DirectApi(api_client, f"{url} (direct{note})", request_timeout=request_timeout)
+        tls_name, note = K3S_TLS_SERVER_NAME, f", TLS name {K3S_TLS_SERVER_NAME}"
+    return DirectApi(url, context, headers, f"{url} (direct{note})", tls_name=tls_name, request_timeout=request_timeout)
 
 
 def connect_direct(lab, addresses: Iterable[str] = ()) -> DirectApi:
