@@ -51,11 +51,10 @@ class Row:
 
 @dataclass
 class Report:
-    """The rows of one run (keyed by check name, so a repeated check replaces its row), the VM
-    states seen by the first check, and whether the table was printed already."""
+    """The rows of one run (keyed by check name, so a repeated check replaces its row), and whether the
+    table was printed already."""
 
     rows: dict[str, Row] = field(default_factory=dict)
-    vm_states: dict[str, str] = field(default_factory=dict)
     failed_steps: list[str] = field(default_factory=list)
     printed: bool = False
 

@@ -5,10 +5,10 @@ Every operation here is a check: it never yields a command that changes anything
 run executes (after the deploy's earlier phases, never from the planning pass). A VM that is not
 Running is never exec'd into (``multipass exec`` would start it): its rows fail with that reason.
 
-* ``instances_checked(lab)`` — on the workstation: ``multipass list``, one row per VM;
-* ``vm_checked(lab)`` — on each VM: one probe script, one round trip (addresses, names, MSS rule,
-  services, FTP; on host1 also BIRD, the YaoBank page and ubuntu's kubectl/calicoctl);
-* ``cluster_checked(lab)`` — on control: the Kubernetes reads, from the workstation;
+* ``observed(lab)`` — on every host at once: on the workstation ``multipass list`` (one row per VM);
+  on each VM one probe script, one round trip (addresses, names, MSS rule, services, FTP; on host1 also
+  BIRD, the YaoBank page and ubuntu's kubectl/calicoctl); on control also the Kubernetes reads, from
+  the workstation;
 * ``report(lab)`` — on every host: prints the table once and fails the run if a row failed.
 """
 
@@ -19,6 +19,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from calicolab import checks
+from calicolab.connectors.multipass import VmNotRunning
 from calicolab.constants import CLIENT, SERVER
 from calicolab.kube.client import KubeError
 from calicolab.diagnose import list_instances
@@ -45,54 +46,63 @@ def _record(rows: list[checks.Row]) -> None:
     host.noop(f"{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
 
 
-@operation()
-def instances_checked(lab):
-    """Check that every lab VM exists and is Running (``multipass list`` on the workstation).
-
-    .. code:: python
-
-        checks.instances_checked(name="Check: VMs Running", lab=lab)
-    """
-    if _planning():
-        return
+def _instance_rows(lab) -> list[checks.Row]:
+    """One row per lab VM from ``multipass list`` on the workstation: exists and Running."""
     instances, error = list_instances(lab)
-    checks.report_of(state).vm_states.update(
-        {name: (instances or {}).get(name, {}).get("state", "Unknown" if instances is None else "Absent") for name in lab.vms}
-    )
-    _record(checks.vm_state_rows(lab, instances, error))
-    yield from ()  # a check yields no command
+    return checks.vm_state_rows(lab, instances, error)
 
 
-def _run(command: str, sudo: bool = True) -> str:
-    """Run a probe on the current host; its combined output (a probe never fails as a whole)."""
+def _probe(command: str) -> tuple[str | None, str]:
+    """Run a probe as root on the current VM: ``(None, output)``, or ``(state, "")`` when the connector
+    finds the VM not running (``state`` None: it does not exist). A probe never fails as a whole."""
     try:
         _ok, output = host.run_shell_command(
-            StringCommand(command), print_output=False, print_input=False, _sudo=sudo, _timeout=PROBE_TIMEOUT
+            StringCommand(command), print_output=False, print_input=False, _sudo=True, _timeout=PROBE_TIMEOUT
         )
     except Exception as exc:  # a probe that cannot run is an observation, not a crash
-        return f"probe failed: {type(exc).__name__}: {exc}"
-    return "\n".join(x for x in (getattr(output, "stdout", ""), getattr(output, "stderr", "")) if x)
+        return None, f"probe failed: {type(exc).__name__}: {exc}"
+    if isinstance(output, VmNotRunning):
+        return output.state or "Absent", ""
+    return None, "\n".join(x for x in (getattr(output, "stdout", ""), getattr(output, "stderr", "")) if x)
 
 
-@operation()
-def vm_checked(lab):
-    """Check one VM from inside: addresses, lab names, MSS clamp, k3s/vsftpd/BIRD, host1's tools.
-
-    .. code:: python
-
-        checks.vm_checked(name="Check: inside the VM", lab=lab)
-    """
-    if _planning():
-        return
-    vm_state = checks.report_of(state).vm_states.get(host.name, "Running")
-    if vm_state != "Running":
-        _record(checks.not_checked_rows(lab, host.name, f"not checked: the VM is {vm_state}"))
-        return
-    sections = checks.split_sections(_run(checks.vm_probe(lab, host.name)))
+def _vm_rows(lab) -> tuple[str, list[checks.Row]]:
+    """This VM's state ("Running" or why not) and its rows from one probe script."""
+    not_running, output = _probe(checks.vm_probe(lab, host.name))
+    if not_running:
+        return not_running, checks.not_checked_rows(lab, host.name, f"not checked: the VM is {not_running}")
+    sections = checks.split_sections(output)
     rows = checks.vm_rows(lab, host.name, sections)
     if host.name == CLIENT:
         rows += checks.client_rows(lab, sections)
-    _record(rows)
+    return "Running", rows
+
+
+@operation()
+def observed(lab):
+    """Take every check of the report card that belongs to this host; call it on every host (one step,
+    so all hosts look at the same time):
+
+    * the workstation: ``multipass list``, one row per VM;
+    * each VM: one probe script (addresses, names, MSS clamp, k3s/vsftpd/BIRD, host1's tools);
+    * control also: the cluster through the run's Kubernetes connection.
+
+    A VM is looked into only when the connector finds it running, as for every other step of the run
+    (``multipass exec`` would start a stopped VM): otherwise its rows fail with its state.
+
+    .. code:: python
+
+        checks.observed(name="Check: VMs, inside each VM, the cluster", lab=lab)
+    """
+    if _planning():
+        return
+    if host.name == "@local":
+        _record(_instance_rows(lab))
+    elif host.name in lab.vms:
+        vm_state, rows = _vm_rows(lab)
+        _record(rows)
+        if host.name == SERVER:
+            _record(_cluster_rows_of_control(lab, vm_state))
     yield from ()  # a check yields no command
 
 
@@ -128,30 +138,18 @@ def _api_down_rows(lab, why: str) -> list[checks.Row]:
     return [checks.Row((checks.K3S, 1, 0), "Kubernetes API answers", False, why, hint)]
 
 
-@operation()
-def cluster_checked(lab):
-    """Check the cluster through its API: nodes, TigeraStatus, Calico's components, the IPPool,
-    YaoBank, through the run's Kubernetes connection. Attach to control (its ``k3s kubectl`` is the
-    fallback way in; a control that is not Running is not checked).
-
-    .. code:: python
-
-        checks.cluster_checked(name="Check: the cluster", lab=lab)
-    """
-    if _planning():
-        return
+def _cluster_rows_of_control(lab, control_state: str) -> list[checks.Row]:
+    """The cluster's rows (nodes, TigeraStatus, Calico's components, the IPPool, YaoBank) through the
+    run's Kubernetes connection; none of them when control is not running (the API runs there, and
+    the ``k3s kubectl`` way in would start a stopped VM)."""
     from calicolab.operations.kubernetes import kube_session
 
-    control_state = checks.report_of(state).vm_states.get(SERVER, "Running")
-    if control_state != "Running":  # the API runs on control; its k3s kubectl would start a stopped VM
-        _record(_api_down_rows(lab, f"not checked: {SERVER} is {control_state}"))
-        return
+    if control_state != "Running":
+        return _api_down_rows(lab, f"not checked: {SERVER} is {control_state}")
     try:
-        rows = cluster_rows(lab, kube_session(lab, host))
+        return cluster_rows(lab, kube_session(lab, host))
     except KubeError as exc:
-        rows = _api_down_rows(lab, f"not reachable or reading failed: {exc}")
-    _record(rows)
-    yield from ()  # a check yields no command
+        return _api_down_rows(lab, f"not reachable or reading failed: {exc}")
 
 
 def _not_checked_rows(lab) -> list[checks.Row]:
