@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
+import json
 
 import yaml
 
@@ -27,21 +27,21 @@ SERVER_ANNOTATIONS = (
 
 
 def normalise(obj: dict | None) -> dict | None:
-    """A copy of ``obj`` without status and server-owned metadata (see SERVER_METADATA)."""
+    """``obj`` without status and server-owned metadata (see SERVER_METADATA): a new top level and
+    metadata; everything else is shared with ``obj`` (read it, do not change it)."""
     if obj is None:
         return None
-    obj = copy.deepcopy(obj)
-    obj.pop("status", None)
+    obj = {key: value for key, value in obj.items() if key != "status"}
     meta = obj.get("metadata")
     if isinstance(meta, dict):
-        for key in SERVER_METADATA:
-            meta.pop(key, None)
+        meta = obj["metadata"] = {key: value for key, value in meta.items() if key not in SERVER_METADATA}
         annotations = meta.get("annotations")
         if isinstance(annotations, dict):
-            for key in SERVER_ANNOTATIONS:
-                annotations.pop(key, None)
-            if not annotations:
-                meta.pop("annotations", None)
+            annotations = {key: value for key, value in annotations.items() if key not in SERVER_ANNOTATIONS}
+            if annotations:
+                meta["annotations"] = annotations
+            else:
+                meta.pop("annotations")
         if meta.get("labels") == {}:
             meta.pop("labels")
     return obj
@@ -57,8 +57,11 @@ def unified_diff(before: dict | None, after: dict | None, ref: str) -> str:
     """Unified diff of the normalised objects; empty when they are equal.
 
     ``before`` None means the object does not exist (the diff is a creation)."""
-    old = to_yaml(normalise(before))
-    new = to_yaml(normalise(after))
+    before, after = normalise(before), normalise(after)
+    # the same JSON (types included) is the same YAML: a converged object costs no YAML dump
+    if json.dumps(before, sort_keys=True) == json.dumps(after, sort_keys=True):
+        return ""
+    old, new = to_yaml(before), to_yaml(after)
     if old == new:
         return ""
     fromfile = f"live {ref}" if before is not None else f"live {ref} (absent: will create)"
