@@ -185,7 +185,7 @@ def client_probe() -> str:
     """The script user ``ubuntu`` runs in a login shell on host1 (its profile sets KUBECONFIG etc.)."""
     return sectioned_script({
         "kubectl_version": "kubectl version --client -o json",
-        "kubectl_nodes": "kubectl get nodes -o name",
+        "kubectl_nodes": "kubectl get nodes -o name --request-timeout=20s",
         "calicoctl_version": "timeout 20 calicoctl version",
         "calicoctl_pools": "calicoctl get ippools --allow-version-mismatch -o wide",
     })

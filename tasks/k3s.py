@@ -77,10 +77,11 @@ def downloads_started(lab=None) -> None:
     )
 
 
-def vm_now(lab=None) -> VmNow:
+def vm_now(lab=None, probe: str | None = None) -> VmNow:
     """What this VM has of phases 1 and 2 (its first boot, the files and services below), read in one
     command while the deploy is planned; the steps it shows done are left out of the plan. Unknown
-    (every step stays) on the workstation and on a VM that is not running yet."""
+    (every step stays) on the workstation and on a VM that is not running yet. ``probe``: a script run
+    last in the same command (the report card's, see ``tasks.verify.vm_probe``)."""
 
     lab = lab or lab_for_host(host)
     if host.name not in lab.vms:
@@ -90,12 +91,13 @@ def vm_now(lab=None) -> VmNow:
     files = [*_binaries(lab, role), *(item.path for item in wanted)]
     if role is None:
         return VmNow.read(host, files=[*files, HOST1_KUBECONFIG_PATH, posixpath.dirname(HOST1_KUBECONFIG_PATH)],
-                          units=["bird"])
+                          units=["bird"], probe=probe)
     return VmNow.read(
         host,
         files=[*files, k3s.unit_file(role)],
         units=[k3s.UNITS[role]],
         kubeconfig=(K3S_KUBECONFIG_PATH, lab.api_url) if role == "server" else None,
+        probe=probe,
     )
 
 

@@ -7,7 +7,10 @@ a deploy and a verify agree. Call both on every host: each step picks its hosts.
 
 from pyinfra import host
 
+from calicolab import checks as checks_of
 from calicolab.checks import YAOBANK_TEXT, yaobank_url
+from calicolab.facts.vm import VmNow
+from calicolab.kube.waits import http_check
 from calicolab.model import lab_for_host
 from calicolab.operations import checks, kubernetes
 from calicolab.operations.barrier import barrier
@@ -15,18 +18,33 @@ from calicolab.operations.barrier import barrier
 EXPECTED_TEXT = YAOBANK_TEXT
 
 
-def observe(lab) -> None:
-    """Every check, in course order; the rows are kept for the report."""
-    checks.observed(name="Check: VMs Running, inside each VM, the cluster", lab=lab)
+def vm_probe(lab) -> str | None:
+    """The script that looks into this VM for the report card (None on the workstation): the deploy runs
+    it along with its first read of the VM (``tasks.k3s.vm_now``)."""
+    return checks_of.vm_probe(lab, host.name) if host.name in lab.vms else None
 
 
-def report_card(lab) -> None:
+def observe(lab, now: VmNow | None = None) -> None:
+    """Every check, in course order; the rows are kept for the report. ``now``: the deploy's read of
+    this VM while it was planned, with the probe's output (see ``checks.observed``)."""
+    planned_probe = now.probe if now is not None and now.known else None
+    checks.observed(name="Check: VMs Running, inside each VM, the cluster", lab=lab, planned_probe=planned_probe)
+
+
+def report_card(lab, now: VmNow | None = None) -> None:
     """Every check, then the table (exit status 1 when a row failed)."""
-    observe(lab)
+    observe(lab, now)
     checks.report(name="Report card", lab=lab)
 
 
-def check(lab=None) -> None:
+def _answered_when_read(now: VmNow | None) -> bool:
+    """Whether host1's probe, run with the deploy's read of host1, got the YaoBank page."""
+    if now is None or not now.known or now.probe is None:
+        return False
+    return http_check(checks_of.split_sections(now.probe).get("yaobank", ""), EXPECTED_TEXT)
+
+
+def check(lab=None, now: VmNow | None = None) -> None:
     lab = lab or lab_for_host(host)
     if host.name == lab.client.name:
         kubernetes.http_answers(
@@ -35,6 +53,7 @@ def check(lab=None) -> None:
             expect=EXPECTED_TEXT,
             timeout=lab.timeout_app_answer,
             lab=lab,
+            answered_when_read=_answered_when_read(now),
         )
     barrier(name="── YaoBank answers ──")
-    report_card(lab)
+    report_card(lab, now)

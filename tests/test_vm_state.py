@@ -13,14 +13,13 @@ from calicolab.facts.vm import VmNow, VmState
 from calicolab.operations.k3s import rewrite_kubeconfig
 
 SYSTEMCTL = """#!/bin/sh
-# is-active/is-enabled as systemd prints them: k3s runs, bird is stopped and disabled, "gone" is unknown
-case "$1 $2" in
-  "is-active k3s") echo active;;
-  "is-enabled k3s") echo enabled;;
-  "is-active bird") echo inactive; exit 3;;
-  "is-enabled bird") echo disabled; exit 1;;
-  "is-active gone") echo inactive; exit 3;;
-  "is-enabled gone") echo "Failed to get unit file state for gone.service" >&2; exit 1;;
+# `systemctl show -p ActiveState -p UnitFileState UNIT` as systemd prints it (in its own property order,
+# whatever the order of -p): k3s runs, bird is stopped and disabled, "gone" does not exist
+[ "$1 $2 $3 $4 $5" = "show -p ActiveState -p UnitFileState" ] || exit 64
+case "$6" in
+  k3s) printf 'ActiveState=active\nUnitFileState=enabled\n';;
+  bird) printf 'ActiveState=inactive\nUnitFileState=disabled\n';;
+  gone) printf 'ActiveState=inactive\nUnitFileState=\n';;
 esac
 """
 

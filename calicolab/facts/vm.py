@@ -26,6 +26,7 @@ from calicolab.facts.multipass import first_boot_command, parse_first_boot
 
 _FIRST_BOOT = "### first-boot"
 _END_FIRST_BOOT = "### end first-boot"
+_PROBE = "### probe"
 
 
 def _sha256(data: bytes | str) -> str:
@@ -52,16 +53,19 @@ class VmNow:
     files: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     units: dict[str, dict[str, str]] = field(default_factory=dict)
     rewritten_sha256: str | None = None
+    probe: str | None = None
 
     @classmethod
-    def read(cls, host, files=(), units=(), kubeconfig: tuple[str, str] | None = None) -> VmNow:
+    def read(cls, host, files=(), units=(), kubeconfig: tuple[str, str] | None = None,
+             probe: str | None = None) -> VmNow:
         """Read the VM's state (as root) in one command; :class:`VmNow` with ``known=False`` when it
         cannot be read."""
-        answer = host.get_fact(VmState, files=tuple(files), units=tuple(units), kubeconfig=kubeconfig,
+        answer = host.get_fact(VmState, files=tuple(files), units=tuple(units), kubeconfig=kubeconfig, probe=probe,
                                _sudo=True, _ignore_errors=True)
         if not answer:
             return cls()
-        return cls(True, answer["first_boot"], answer["files"], answer["units"], answer["rewritten_sha256"])
+        return cls(True, answer["first_boot"], answer["files"], answer["units"], answer["rewritten_sha256"],
+                   answer["probe"])
 
     def file_matches(self, path: str, *, content: str | bytes | None = None, sha256: str | None = None,
                      mode: str | None = None, user: str | None = None, group: str | None = None) -> bool:
@@ -108,10 +112,11 @@ class VmState(FactBase):
     * ``first_boot``: what ``calicolab.facts.multipass.FirstBoot`` returns;
     * ``files``: for each path asked, ``{"type": "file"|"directory"|"other", "mode": "644", "user",
       "group", "sha256"}`` (``sha256`` for files only), or None when it does not exist;
-    * ``units``: for each systemd unit asked, ``{"active": ..., "enabled": ...}`` as ``systemctl
-      is-active``/``is-enabled`` print them (``""`` when it prints nothing);
+    * ``units``: for each systemd unit asked, ``{"active": ..., "enabled": ...}``, its ``ActiveState`` and
+      ``UnitFileState`` (what ``systemctl is-active``/``is-enabled`` print; ``""`` when there is none);
     * ``rewritten_sha256``: with ``kubeconfig=(path, server)``, what ``calicolab.facts.k3s.RewrittenFileSha256``
-      returns, else None.
+      returns, else None;
+    * ``probe``: with ``probe=<shell script>``, what the script printed (stdout), run last; else None.
 
     .. code:: python
 
@@ -119,7 +124,7 @@ class VmState(FactBase):
          "files": {"/etc/rancher/k3s/config.yaml": {"type": "file", "mode": "600", "user": "root",
                    "group": "root", "sha256": "3b1c..."}, "/usr/local/bin/k3s": None},
          "units": {"k3s": {"active": "active", "enabled": "enabled"}},
-         "rewritten_sha256": None}
+         "rewritten_sha256": None, "probe": None}
     """
 
     @override
@@ -128,7 +133,7 @@ class VmState(FactBase):
         return None
 
     @override
-    def command(self, files=(), units=(), kubeconfig=None) -> str:
+    def command(self, files=(), units=(), kubeconfig=None, probe=None) -> str:
         parts = [f"echo {shlex.quote(_FIRST_BOOT)}", first_boot_command(), f"echo {shlex.quote(_END_FIRST_BOOT)}"]
         for path in files:
             p = shlex.quote(path)
@@ -139,11 +144,15 @@ class VmState(FactBase):
             )
         for unit in units:
             u = shlex.quote(unit)
-            parts.append(f"echo \"unit $(systemctl is-active {u} 2>/dev/null || true) "
-                         f"$(systemctl is-enabled {u} 2>/dev/null || true) \"{u}")
+            # one systemctl per unit: ActiveState and UnitFileState are what is-active and is-enabled print
+            parts.append(f"s=$(systemctl show -p ActiveState -p UnitFileState {u} 2>/dev/null); "
+                         f"echo \"unit $(echo \"$s\" | sed -n 's/^ActiveState=//p') "
+                         f"$(echo \"$s\" | sed -n 's/^UnitFileState=//p') \"{u}")
         if kubeconfig:
             rewritten = RewrittenFileSha256().command(*kubeconfig).get_raw_value()
             parts.append(f'printf "rewritten %s\\n" "$({rewritten})"')
+        if probe:
+            parts += [f"echo {shlex.quote(_PROBE)}", f"{{ {probe} ; }}"]
         return "; ".join(parts) + "; true"
 
     @override
@@ -156,7 +165,11 @@ class VmState(FactBase):
         except ValueError:
             raise FactProcessError(f"{self.name}: no first-boot section in {lines[:3]!r}") from None
         answer: dict[str, Any] = {"first_boot": parse_first_boot(lines[start + 1:end]), "files": {}, "units": {},
-                                  "rewritten_sha256": None}
+                                  "rewritten_sha256": None, "probe": None}
+        if _PROBE in lines[end + 1:]:
+            probe_at = lines.index(_PROBE, end + 1)
+            answer["probe"] = "\n".join(lines[probe_at + 1:])
+            lines = lines[:probe_at]
         for line in lines[end + 1:]:
             kind, _, rest = line.partition(" ")
             if kind in ("file", "directory", "other", "absent"):

@@ -23,7 +23,7 @@ from calicolab.connectors.multipass import VmNotRunning
 from calicolab.constants import CLIENT, SERVER
 from calicolab.kube.client import KubeError
 from calicolab.diagnose import list_instances
-from calicolab.operations.common import fail_with
+from calicolab.operations.common import fail_with, nothing_changed_yet
 from calicolab.render import render_manifest
 
 PROBE_TIMEOUT = 90
@@ -66,20 +66,30 @@ def _probe(command: str) -> tuple[str | None, str]:
     return None, "\n".join(x for x in (getattr(output, "stdout", ""), getattr(output, "stderr", "")) if x)
 
 
-def _vm_rows(lab) -> tuple[str, list[checks.Row]]:
-    """This VM's state ("Running" or why not) and its rows from one probe script."""
-    not_running, output = _probe(checks.vm_probe(lab, host.name))
-    if not_running:
-        return not_running, checks.not_checked_rows(lab, host.name, f"not checked: the VM is {not_running}")
+def _rows_of(lab, output: str) -> list[checks.Row]:
     sections = checks.split_sections(output)
     rows = checks.vm_rows(lab, host.name, sections)
     if host.name == CLIENT:
         rows += checks.client_rows(lab, sections)
-    return "Running", rows
+    return rows
+
+
+def _vm_rows(lab, planned_probe: str | None) -> tuple[str, list[checks.Row]]:
+    """This VM's state ("Running" or why not) and its rows from one probe script: the one run with the
+    deploy's read of the VM while it was planned, when every row passed and nothing changed since,
+    else one run now."""
+    if planned_probe is not None and nothing_changed_yet():
+        rows = _rows_of(lab, planned_probe)
+        if all(row.ok for row in rows):
+            return "Running", rows
+    not_running, output = _probe(checks.vm_probe(lab, host.name))
+    if not_running:
+        return not_running, checks.not_checked_rows(lab, host.name, f"not checked: the VM is {not_running}")
+    return "Running", _rows_of(lab, output)
 
 
 @operation()
-def observed(lab):
+def observed(lab, planned_probe: str | None = None):
     """Take every check of the report card that belongs to this host; call it on every host (one step,
     so all hosts look at the same time):
 
@@ -88,7 +98,10 @@ def observed(lab):
     * control also: the cluster through the run's Kubernetes connection.
 
     A VM is looked into only when the connector finds it running, as for every other step of the run
-    (``multipass exec`` would start a stopped VM): otherwise its rows fail with its state.
+    (``multipass exec`` would start a stopped VM): otherwise its rows fail with its state. With
+    ``planned_probe``, what the VM's probe printed when the deploy read the VM while it was planned
+    (``VmNow.probe``): it stands when every row passed and no step of the run has changed anything
+    since, so a converged lab is looked into once per run; otherwise the VM is probed again.
 
     .. code:: python
 
@@ -99,7 +112,7 @@ def observed(lab):
     if host.name == "@local":
         _record(_instance_rows(lab))
     elif host.name in lab.vms:
-        vm_state, rows = _vm_rows(lab)
+        vm_state, rows = _vm_rows(lab, planned_probe)
         _record(rows)
         if host.name == SERVER:
             _record(_cluster_rows_of_control(lab, vm_state))

@@ -24,3 +24,18 @@ def fail_with(message: str) -> Callable:
         return False
 
     return fail
+
+
+def nothing_changed_yet() -> bool:
+    """Whether no step of this run has changed anything so far: every step finished on any host ran
+    no command and succeeded. Then what the deploy read while it was planned still holds (nothing of
+    ours ran in between).
+
+    Example: ``if nothing_changed_yet(): rows = rows_read_while_planning``
+    """
+    for ops in state.ops.values():
+        for op_data in ops.values():
+            meta = op_data.operation_meta
+            if meta.is_complete() and (meta.executed or not meta.did_succeed()):
+                return False
+    return True

@@ -45,7 +45,7 @@ from calicolab.kube.apply import (
     plan_apply,
 )
 from calicolab.kube.client import REQUEST_TIMEOUT, ApiUnreachable, KubeApi, KubeError, Session, connect, object_ref
-from calicolab.operations.common import fail_with, print_once
+from calicolab.operations.common import fail_with, nothing_changed_yet, print_once
 from calicolab.polling import Check, Transient, poll
 
 #: seconds a single curl may take in http_answers
@@ -419,10 +419,15 @@ def _wait_http(state, host, url: str, expect: str, timeout: float) -> bool:
 
 
 @operation()
-def http_answers(url: str, expect: str, timeout: float | None = None, lab=None):
+def http_answers(url: str, expect: str, timeout: float | None = None, lab=None, answered_when_read: bool = False):
     """Read-only check from this host: ``curl -fsS --max-time 5 URL`` must contain ``expect``.
     Already answering → no change; else one FunctionCommand retries until ``timeout``
-    (default ``lab.timeout_app_answer``)."""
+    (default ``lab.timeout_app_answer``). ``answered_when_read``: the page answered when the deploy
+    read this host while it was planned; that stands while no step of the run has changed anything.
+    """
+    if answered_when_read and nothing_changed_yet():
+        host.noop(f"{url} answered with {expect!r} when the deploy read {host.name}; nothing changed since")
+        return
     if timeout is None:
         timeout = _lab(lab).timeout_app_answer
     try:
