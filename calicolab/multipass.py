@@ -706,3 +706,13 @@ def planned_instances(run_state, multipass_bin: str | None = None) -> dict[str, 
         except MultipassUnavailable as e:
             listing.set_exception(e)
     return listing.get()
+
+
+def instances_while_planned(run_state, multipass_bin: str | None = None) -> dict[str, dict[str, Any]] | None:
+    """What :func:`planned_instances` listed while the run was planned; None when it was not asked (or
+    Multipass did not answer). Never asks Multipass.
+
+    Example: ``instances_while_planned(state, "multipass")["host1"]["state"]`` -> ``"Running"``
+    """
+    listing = run_state.__dict__.get("calicolab_planned_instances", {}).get(multipass_bin)
+    return listing.value if listing is not None and listing.successful() else None

@@ -5,6 +5,8 @@ YaoBank page, like the course's ``curl 198.19.0.1:30180`` from host1, then the s
 a deploy and a verify agree. Call both on every host: each step picks its hosts.
 """
 
+import shlex
+
 from pyinfra import host
 
 from calicolab import checks as checks_of
@@ -18,10 +20,19 @@ from calicolab.operations.barrier import barrier
 EXPECTED_TEXT = YAOBANK_TEXT
 
 
+#: Seconds the report card's probe may take within the deploy's first read of a VM. A converged VM
+#: answers in about a second; in a half-built lab (an API that drops packets) its kubectl and calicoctl
+#: would each wait out their own 20 s. Cut short, its rows fail and the VM is probed again at the end.
+PROBE_WITH_READ_SECONDS = 10
+
+
 def vm_probe(lab) -> str | None:
-    """The script that looks into this VM for the report card (None on the workstation): the deploy runs
-    it along with its first read of the VM (``tasks.k3s.vm_now``)."""
-    return checks_of.vm_probe(lab, host.name) if host.name in lab.vms else None
+    """The script that looks into this VM for the report card (None on the workstation), bounded by
+    ``PROBE_WITH_READ_SECONDS``: the deploy runs it along with its first read of the VM
+    (``tasks.k3s.vm_now``). ``timeout`` ends the script's whole process group."""
+    if host.name not in lab.vms:
+        return None
+    return f"timeout {PROBE_WITH_READ_SECONDS} sh -c {shlex.quote(checks_of.vm_probe(lab, host.name))}"
 
 
 def observe(lab, now: VmNow | None = None) -> None:

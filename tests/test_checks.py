@@ -213,3 +213,22 @@ def test_teardown_removes_the_bundles_with_the_state_folder(lab):
     bundle.write("summary.txt", "a summary")
     assert LabState(lab.state_path).remove() == []
     assert not lab.state_path.exists()
+
+
+def test_the_probe_run_with_the_deploy_s_read_is_cut_short_with_everything_it_started(lab, monkeypatch):
+    """In a half-built lab the probe's kubectl/calicoctl could each wait 20 s; run with the deploy's
+    first read of a VM, the whole probe (its children too, which hold the output open) ends at the
+    bound, with what it printed so far."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from tasks import verify
+
+    monkeypatch.setattr(verify, "host", SimpleNamespace(name="host1"))
+    monkeypatch.setattr(verify, "PROBE_WITH_READ_SECONDS", 1)
+    monkeypatch.setattr(checks, "vm_probe", lambda lab, name: "echo first; (sleep 60; echo late) & sleep 60; echo never")
+    command = verify.vm_probe(lab)
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 124 and result.stdout == "first\n"
+    monkeypatch.setattr(verify, "host", SimpleNamespace(name="@local"))
+    assert verify.vm_probe(lab) is None

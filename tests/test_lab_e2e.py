@@ -211,6 +211,7 @@ def test_rerun_reports_no_change_on_every_host(lab):
     calls = lab.multipass_calls()[before:]
     assert exec_calls_per_vm(calls) == {"control": 1, "node1": 1, "node2": 1, "host1": 1}, calls
     assert [argv[0] for argv in calls].count("launch") == 0
+    assert [argv[0] for argv in calls].count("list") == 1, "the VM list taken while connecting stands too"
     card = plain(result)
     assert "PASS    host1: YaoBank page" in card and "PASS    node2: k3s-agent active" in card
     assert "FAIL" not in card

@@ -17,8 +17,10 @@ from __future__ import annotations
 import click
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.context import ctx_state
 
 from calicolab import checks
+from calicolab import multipass as mp
 from calicolab.connectors.multipass import VmNotRunning
 from calicolab.constants import CLIENT, SERVER
 from calicolab.kube.client import KubeError
@@ -47,7 +49,12 @@ def _record(rows: list[checks.Row]) -> None:
 
 
 def _instance_rows(lab) -> list[checks.Row]:
-    """One row per lab VM from ``multipass list`` on the workstation: exists and Running."""
+    """One row per lab VM from ``multipass list`` on the workstation: exists and Running. The list taken
+    while the run connected stands when every row passed and no step has changed anything since."""
+    if nothing_changed_yet():
+        rows = checks.vm_state_rows(lab, mp.instances_while_planned(ctx_state.get(), lab.multipass_bin))
+        if all(row.ok for row in rows):
+            return rows
     instances, error = list_instances(lab)
     return checks.vm_state_rows(lab, instances, error)
 
