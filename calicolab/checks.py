@@ -114,16 +114,21 @@ def render_table(rows: list[Row], width: int = 100) -> str:
 _SECTION = "### calicolab:"
 
 
-def sectioned_script(sections: dict[str, str]) -> str:
+def sectioned_script(sections: dict[str, str], meanwhile: tuple[str, str] | None = None) -> str:
     """One shell script running each command with its output under a marker line; a failing
-    command never stops the others. (One after the other: several timed commands at once could
-    starve each other on a busy VM and fail a check that would pass.)
+    command never stops the others. The sections run one after the other (several timed commands at
+    once could starve each other on a busy VM and fail a check that would pass); ``meanwhile``, one
+    ``(section, command)``, runs alongside them and its output comes last.
 
     .. code:: python
 
-        sectioned_script({"addresses": "ip -4 -o addr show"})
+        sectioned_script({"addresses": "ip -4 -o addr show"}, meanwhile=("as_ubuntu", "sudo -u ubuntu id"))
     """
     parts = [f"echo {shlex.quote(_SECTION + name)}; {{ {command} ; }} 2>&1" for name, command in sections.items()]
+    if meanwhile:
+        name, command = meanwhile
+        parts = ['meanwhile=$(mktemp)', f'{{ {command} ; }} >"$meanwhile" 2>&1 & pid=$!', *parts,
+                 f'wait "$pid"; echo {shlex.quote(_SECTION + name)}; cat "$meanwhile"; rm -f "$meanwhile"']
     return "; ".join(parts) + "; true"
 
 
@@ -177,7 +182,9 @@ def vm_probe(lab, name: str) -> str:
         sections["bird_conf"] = "grep -E '^[[:space:]]*neighbor' /etc/bird/bird.conf"
         sections["birdc"] = "birdc show protocols"
         sections["yaobank"] = f"curl -fsS --max-time 5 {shlex.quote(url)}"
-        sections["as_ubuntu"] = client_command()  # its own sections follow this one's marker
+        # ubuntu's kubectl and calicoctl wait on the API (the longest part): alongside the rest; their
+        # own sections follow this one's marker
+        return sectioned_script(sections, meanwhile=("as_ubuntu", client_command()))
     return sectioned_script(sections)
 
 

@@ -232,3 +232,24 @@ def test_the_probe_run_with_the_deploy_s_read_is_cut_short_with_everything_it_st
     assert result.returncode == 124 and result.stdout == "first\n"
     monkeypatch.setattr(verify, "host", SimpleNamespace(name="@local"))
     assert verify.vm_probe(lab) is None
+
+
+def test_a_meanwhile_section_runs_alongside_the_others_and_its_output_comes_last(tmp_path):
+    """host1's checks as ubuntu (waiting on the API) run alongside the root sections: the first section
+    sees the file the meanwhile command makes, which it could not if they ran one after the other."""
+    import subprocess
+
+    flag = tmp_path / "started"
+    script = checks.sectioned_script(
+        {"first": f"for i in $(seq 100); do [ -f {flag} ] && break; sleep 0.1; done; [ -f {flag} ] && echo saw it",
+         "second": "echo two"},
+        meanwhile=("alongside", f"touch {flag}; echo M; echo err >&2"),
+    )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TMPDIR": str(scratch)})
+    assert result.returncode == 0
+    assert checks.split_sections(result.stdout) == {"first": "saw it", "second": "two", "alongside": "M\nerr"}
+    assert result.stdout.rstrip().endswith("### calicolab:alongside\nM\nerr")
+    assert list(scratch.iterdir()) == [], "the meanwhile command's output file is removed"
