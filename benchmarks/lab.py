@@ -11,7 +11,7 @@ any later version of it. One run measures, in order:
    * the timeline of that build: when each launch and each download started (the multipass double's call log and
      the mirror's request log), relative to the start of the run;
    * ``teardown.py -y``, then a rebuild: how many binaries the mirror served in the rebuild.
-2. WITHOUT delays, on the built lab (medians of a few samples):
+2. WITHOUT delays, on the built lab (medians of ``ROUNDS`` rounds, each a floor, a re-run and a dry run):
    * the floor ``pyinfra inventory.py exec -y -- true`` on the same hosts (the 4 VMs and @local);
    * the converged re-run ``deploy.py -y`` and the dry run ``deploy.py --dry --diff``, as time and as a ratio to
      the floor;
@@ -51,7 +51,8 @@ from tests.support.netlab.mirror import Mirror  # noqa: E402
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 VMS = ("control", "node1", "node2", "host1")
 AGENTS = ("node1", "node2")
-SAMPLES_FLOOR, SAMPLES_RUN = 5, 3
+#: rounds of (floor, re-run, dry run) without delays; the figures are the medians
+ROUNDS = 7
 
 #: The lab's real dependencies between the injected delays: step -> (delay, steps it must wait for). A step with
 #: no delay is a join. What cannot overlap: a VM's launch (image + boot), then its cloud-init package step (apt;
@@ -119,10 +120,6 @@ class Bench:
             raise SystemExit(f"pyinfra {' '.join(args)} failed ({result.returncode}):\n"
                              f"{(result.stdout + result.stderr)[-4000:]}")
         return elapsed
-
-    def median(self, samples: int, *args: str) -> tuple[float, list[float]]:
-        times = [self.pyinfra(*args) for _ in range(samples)]
-        return statistics.median(times), times
 
 
 def progress(message: str) -> None:
@@ -270,13 +267,18 @@ def main() -> None:
             lab.set_delays({})
             progress("without delays: floor, re-run, dry run")
             bench.pyinfra("exec", "-y", "--", "true")  # warm-up (imports, page cache)
-            m.floor, m.floor_samples = bench.median(SAMPLES_FLOOR, "exec", "-y", "--", "true")
             before = len(bench.calls())
-            m.rerun_samples = [bench.pyinfra("deploy.py", "-y")]
+            bench.pyinfra("deploy.py", "-y")
             m.rerun_calls = bench.calls()[before:]  # one no-op re-run's calls
-            m.rerun_samples += [bench.pyinfra("deploy.py", "-y") for _ in range(SAMPLES_RUN - 1)]
-            m.rerun = statistics.median(m.rerun_samples)
-            m.dry, m.dry_samples = bench.median(SAMPLES_RUN, "deploy.py", "--dry", "--diff")
+            # rounds of floor, re-run and dry run one after the other, so a change in the machine's load
+            # weighs on all three alike (blocks of samples taken one after the other would not)
+            m.floor_samples, m.rerun_samples, m.dry_samples = [], [], []
+            for _ in range(ROUNDS):
+                m.floor_samples.append(bench.pyinfra("exec", "-y", "--", "true"))
+                m.rerun_samples.append(bench.pyinfra("deploy.py", "-y"))
+                m.dry_samples.append(bench.pyinfra("deploy.py", "--dry", "--diff"))
+            m.floor, m.rerun, m.dry = (statistics.median(m.floor_samples), statistics.median(m.rerun_samples),
+                                       statistics.median(m.dry_samples))
             m.load_after = os.getloadavg()
 
             print(report(m), flush=True)
