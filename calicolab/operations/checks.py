@@ -2,8 +2,10 @@
 
 Every operation here is a check: it never yields a command that changes anything, so a run reports
 "No changes" for each of them, and ``--dry`` and a real run agree. Observations are taken while the
-run executes (after the deploy's earlier phases, never from the planning pass). A VM that is not
-Running is never exec'd into (``multipass exec`` would start it): its rows fail with that reason.
+run executes, after the deploy's earlier phases; what the deploy read while it was planned (the VM
+list, each VM's probe) stands only when all its rows passed and no step has changed anything since.
+A VM the connector finds not running is never exec'd into (``multipass exec`` would start it): its
+rows fail with that reason.
 
 * ``observed(lab)`` — on every host at once: on the workstation ``multipass list`` (one row per VM);
   on each VM one probe script, one round trip (addresses, names, MSS rule, services, FTP; on host1 also
