@@ -581,6 +581,8 @@ def test_a_watched_change_ends_the_pause(lab, emu, clean_app, api_version, kind,
         assert api.wait_for_change(api_version, kind, namespace, version, 0.2) is False  # nothing changed
         change(emu)
         assert api.wait_for_change(api_version, kind, namespace, version, 30) is True
+        # the watch left its stream unread: the connection that comes next still answers
+        assert api.snapshot(api_version, kind, namespace)[1]
     finally:
         api.close()
         reset(emu, ("v1", "Node", "node9", None),

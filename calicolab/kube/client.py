@@ -326,6 +326,8 @@ class DirectApi(KubeApi):
                 if response.status == 200 and _first_event_type(response) in CHANGE_EVENTS:
                     return True  # something changed: probe again at once
             finally:
+                # the stream is left unread: its connection is closed, not handed to the next request
+                response.close()
                 response.release_conn()
         except (*_connection_errors(), KubeError):
             pass
