@@ -473,15 +473,14 @@ def tls_context(config: dict, base: Path) -> tuple[ssl.SSLContext, dict[str, str
     return context, headers
 
 
-def direct_api(kubeconfig: Path, url: str, server: str, request_timeout: float = REQUEST_TIMEOUT) -> DirectApi:
-    """A DirectApi for ``url`` using the credentials of ``kubeconfig`` (whose server is ``server``)."""
-    try:
-        context, headers = tls_context(load_kubeconfig(kubeconfig), kubeconfig.parent)
-    except (OSError, ValueError, KeyError, TypeError, ssl.SSLError, yaml.YAMLError, KubeError) as exc:
-        raise ApiUnreachable(f"cannot use {kubeconfig}: {_describe(exc)}") from exc
+def direct_api(url: str, server: str, credentials: tuple[ssl.SSLContext, dict[str, str]],
+               request_timeout: float = REQUEST_TIMEOUT) -> DirectApi:
+    """A DirectApi for ``url`` with ``credentials`` (:func:`tls_context`) of a kubeconfig whose server is
+    ``server``: TLS is checked against the name ``kubernetes`` when ``url`` is another address."""
     tls_name, note = None, ""
     if urlsplit(url).hostname != urlsplit(server).hostname:
         tls_name, note = K3S_TLS_SERVER_NAME, f", TLS name {K3S_TLS_SERVER_NAME}"
+    context, headers = credentials
     return DirectApi(url, context, headers, f"{url} (direct{note})", tls_name=tls_name, request_timeout=request_timeout)
 
 
@@ -493,15 +492,16 @@ def connect_direct(lab, addresses: Iterable[str] = ()) -> DirectApi:
     try:
         config = load_kubeconfig(path)
         server = kubeconfig_server(config)
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise ApiUnreachable(f"cannot read {path}: {exc}") from exc
+        credentials = tls_context(config, path.parent)  # once, whichever address answers
+    except (OSError, ValueError, KeyError, TypeError, ssl.SSLError, yaml.YAMLError, KubeError) as exc:
+        raise ApiUnreachable(f"cannot use {path}: {_describe(exc)}") from exc
     tried = []
     for url in candidate_urls(server, lab, addresses):
         if not tcp_answers(url):
             tried.append(f"{url} (no answer within {PROBE_TIMEOUT:g}s)")
             continue
         try:
-            return direct_api(path, url, server)
+            return direct_api(url, server, credentials)
         except ApiUnreachable as exc:
             tried.append(f"{url} ({exc})")
     raise ApiUnreachable("API not reachable from the workstation: tried " + ", ".join(tried))
