@@ -227,7 +227,7 @@ def _registered(lab, names: list[str]) -> bool:
         nodes = kubernetes.kube_session(lab, host).list("v1", "Node")
     except KubeError:
         return False
-    return set(names) <= {node["metadata"]["name"] for node in nodes}
+    return k3s.registered_check([node["metadata"]["name"] for node in nodes], names).done
 
 
 def client(lab=None, now: VmNow | None = None) -> None:

@@ -38,8 +38,8 @@ def vm_probe(lab) -> str | None:
 def observe(lab, now: VmNow | None = None) -> None:
     """Every check, in course order; the rows are kept for the report. ``now``: the deploy's read of
     this VM while it was planned, with the probe's output (see ``checks.observed``)."""
-    planned_probe = now.probe if now is not None and now.known else None
-    checks.observed(name="Check: VMs Running, inside each VM, the cluster", lab=lab, planned_probe=planned_probe)
+    checks.observed(name="Check: VMs Running, inside each VM, the cluster", lab=lab,
+                    planned_probe=now.probe if now else None)
 
 
 def report_card(lab, now: VmNow | None = None) -> None:
@@ -50,7 +50,7 @@ def report_card(lab, now: VmNow | None = None) -> None:
 
 def _answered_when_read(now: VmNow | None) -> bool:
     """Whether host1's probe, run with the deploy's read of host1, got the YaoBank page."""
-    if now is None or not now.known or now.probe is None:
+    if now is None or now.probe is None:  # not read (nor probed) while planned
         return False
     return http_check(checks_of.split_sections(now.probe).get("yaobank", ""), EXPECTED_TEXT)
 

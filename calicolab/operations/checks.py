@@ -27,7 +27,7 @@ from calicolab.connectors.multipass import VmNotRunning
 from calicolab.constants import CLIENT, SERVER
 from calicolab.kube.client import KubeError
 from calicolab.diagnose import list_instances
-from calicolab.operations.common import fail_with, nothing_changed_yet
+from calicolab.operations.common import fail_with, reading_stands
 from calicolab.render import render_manifest
 
 PROBE_TIMEOUT = 90
@@ -53,10 +53,9 @@ def _record(rows: list[checks.Row]) -> None:
 def _instance_rows(lab) -> list[checks.Row]:
     """One row per lab VM from ``multipass list`` on the workstation: exists and Running. The list taken
     while the run connected stands when every row passed and no step has changed anything since."""
-    if nothing_changed_yet():
-        rows = checks.vm_state_rows(lab, mp.instances_while_planned(ctx_state.get(), lab.multipass_bin))
-        if all(row.ok for row in rows):
-            return rows
+    rows = checks.vm_state_rows(lab, mp.instances_while_planned(ctx_state.get(), lab.multipass_bin))
+    if reading_stands(all(row.ok for row in rows)):
+        return rows
     instances, error = list_instances(lab)
     return checks.vm_state_rows(lab, instances, error)
 
@@ -87,9 +86,9 @@ def _vm_rows(lab, planned_probe: str | None) -> tuple[str, list[checks.Row]]:
     """This VM's state ("Running" or why not) and its rows from one probe script: the one run with the
     deploy's read of the VM while it was planned, when every row passed and nothing changed since,
     else one run now."""
-    if planned_probe is not None and nothing_changed_yet():
+    if planned_probe is not None:
         rows = _rows_of(lab, planned_probe)
-        if all(row.ok for row in rows):
+        if reading_stands(all(row.ok for row in rows)):
             return "Running", rows
     not_running, output = _probe(checks.vm_probe(lab, host.name))
     if not_running:

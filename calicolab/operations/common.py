@@ -26,13 +26,16 @@ def fail_with(message: str) -> Callable:
     return fail
 
 
-def nothing_changed_yet() -> bool:
-    """Whether no step of this run has changed anything so far: every step finished on any host ran
-    no command and succeeded. Then what the deploy read while it was planned still holds (nothing of
-    ours ran in between).
+def reading_stands(passed: bool) -> bool:
+    """Whether a reading taken while the deploy was planned (a VM's probe, the VM list, host1's YaoBank
+    page) stands for one taken now: it passed, and no step of this run has changed anything since
+    (every step finished on any host ran no command and succeeded; nothing of ours ran in between).
+    A failed reading is always taken again.
 
-    Example: ``if nothing_changed_yet(): rows = rows_read_while_planning``
+    Example: ``if reading_stands(all(row.ok for row in rows)): return rows``
     """
+    if not passed:
+        return False
     for ops in state.ops.values():
         for op_data in ops.values():
             meta = op_data.operation_meta

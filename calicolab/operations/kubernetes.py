@@ -45,7 +45,7 @@ from calicolab.kube.apply import (
     plan_apply,
 )
 from calicolab.kube.client import REQUEST_TIMEOUT, ApiUnreachable, KubeApi, KubeError, Session, connect, object_ref
-from calicolab.operations.common import fail_with, nothing_changed_yet, print_once
+from calicolab.operations.common import fail_with, print_once, reading_stands
 from calicolab.polling import Check, Transient, poll
 
 #: seconds a single curl may take in http_answers
@@ -425,7 +425,7 @@ def http_answers(url: str, expect: str, timeout: float | None = None, lab=None, 
     (default ``lab.timeout_app_answer``). ``answered_when_read``: the page answered when the deploy
     read this host while it was planned; that stands while no step of the run has changed anything.
     """
-    if answered_when_read and nothing_changed_yet():
+    if reading_stands(answered_when_read):
         host.noop(f"{url} answered with {expect!r} when the deploy read {host.name}; nothing changed since")
         return
     if timeout is None:
