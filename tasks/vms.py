@@ -42,6 +42,12 @@ def vm_specs(lab) -> list[InstanceSpec]:
     ]
 
 
+def _states_at_connect(lab, run_state, in_run) -> dict[str, str | None]:
+    """The state the connector read for each lab VM host that ``in_run(host)`` keeps (None: not created)."""
+    return {vm_host.name: vm_host.connector_data.get("multipass_state")
+            for vm_host in run_state.inventory if vm_host.name in lab.vms and in_run(vm_host)}
+
+
 def vms_left_down(lab, run_state=None) -> list[str]:
     """The lab VMs in this run that are not running while the workstation, which launches and starts
     them, is left out (``--limit node2``, ``--exclude @local``); ``[]`` when the workstation takes part.
@@ -49,24 +55,17 @@ def vms_left_down(lab, run_state=None) -> list[str]:
     Example: ``--limit node2`` with node2 stopped → ``["node2 is Stopped"]``.
     """
     run_state = run_state or state
-    inventory = run_state.inventory
-    workstation = inventory.get_host("@local", None)
+    workstation = run_state.inventory.get_host("@local", None)
     if workstation is not None and run_state.is_host_in_limit(workstation):
         return []
-    down = []
-    for vm_host in inventory:
-        if vm_host.name in lab.vms and run_state.is_host_in_limit(vm_host):
-            vm_state = vm_host.connector_data.get("multipass_state")
-            if vm_state != RUNNING:
-                down.append(f"{vm_host.name} is {vm_state or 'not created yet'}")
-    return down
+    states = _states_at_connect(lab, run_state, run_state.is_host_in_limit)
+    return [f"{name} is {vm_state or 'not created yet'}" for name, vm_state in states.items() if vm_state != RUNNING]
 
 
 def all_running(lab, run_state=None) -> bool:
     """Whether every lab VM was Running when the run connected to it (False when one is not in the run)."""
     run_state = run_state or state
-    states = {vm_host.name: vm_host.connector_data.get("multipass_state")
-              for vm_host in run_state.inventory if vm_host.name in lab.vms and vm_host in run_state.activated_hosts}
+    states = _states_at_connect(lab, run_state, lambda vm_host: vm_host in run_state.activated_hosts)
     return all(states.get(name) == RUNNING for name in lab.vms)
 
 
