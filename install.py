@@ -17,6 +17,8 @@ MINIMUM = (3, 11)
 CHECKOUT = os.path.dirname(os.path.abspath(__file__))
 VENV = os.path.join(CHECKOUT, ".venv")
 REQUIREMENTS = os.path.join(CHECKOUT, "requirements.txt")
+#: The checkout's packages that every run imports (deploy.py, inventory.py are read by pyinfra itself).
+OWN_CODE = ["calicolab", "tasks"]
 
 
 def python_problem(version_info, executable):
@@ -58,6 +60,9 @@ def main():
         steps.append([sys.executable, "-m", "venv", VENV])
     steps.append([venv_python, "-m", "pip", "install", "--disable-pip-version-check", "--only-binary=:all:",
                   "-r", REQUIREMENTS])
+    # Byte-compile our own code as pip does for installed packages, so no run compiles it again,
+    # even where PYTHONDONTWRITEBYTECODE is set (common in containers and CI): about 0.2 s per run.
+    steps.append([venv_python, "-m", "compileall", "-q"] + OWN_CODE)
     for argv in steps:
         if subprocess.call(argv, cwd=CHECKOUT) != 0:
             sys.stderr.write("calicolab: `{0}` failed (its message is above); fix that and run "

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -90,3 +93,30 @@ def test_install_py_with_an_old_python_prints_one_line_and_touches_nothing(pytho
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("calicolab needs Python 3.11 or newer"), result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["install.py", "requirements.txt"]
+
+
+def test_install_byte_compiles_our_code_even_where_writing_bytecode_is_off(tmp_path):
+    # A checkout of its own whose ".venv" is this test's interpreter (so pip has nothing to fetch):
+    # every run imports calicolab and tasks, and with PYTHONDONTWRITEBYTECODE (set in many containers
+    # and CI images) Python would compile them from source on every run.
+    for name in ("install.py",):
+        (tmp_path / name).write_text((PROJECT / name).read_text())
+    (tmp_path / "requirements.txt").write_text("PyYAML\n")
+    for package in install.OWN_CODE:
+        shutil.copytree(PROJECT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    venv_python.chmod(0o755)
+    result = subprocess.run([sys.executable, "install.py"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode == 0, result.stderr
+    sources = [p for package in install.OWN_CODE for p in (tmp_path / package).rglob("*.py")]
+    assert len(sources) > 20
+    for source in sources:
+        # PEP 552: magic, flags (0: checked by timestamp), the source's mtime and size
+        header = Path(importlib.util.cache_from_source(str(source))).read_bytes()[:16]
+        assert header[:4] == importlib.util.MAGIC_NUMBER, source
+        flags, mtime, size = struct.unpack("<III", header[4:16])
+        assert (flags, mtime, size) == (0, int(source.stat().st_mtime) & 0xFFFFFFFF, source.stat().st_size), source
