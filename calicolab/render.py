@@ -88,7 +88,6 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     env.filters["to_yaml"] = to_yaml
     env.filters["shquote"] = lambda value: shlex.quote(str(value))
     env.filters["bird"] = bird
-    env.filters["suffix"] = lambda text, ending: f"{text}{ending}"
     env.filters["pool_name"] = pool_name
     # Static files of our own (scripts) embedded verbatim; they carry no values.
     env.globals["lookup_file"] = lambda relative: (templates_dir / relative).read_text().rstrip("\n")
