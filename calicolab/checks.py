@@ -18,9 +18,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import yaml
-
 from calicolab.constants import AGENTS, CLIENT, SERVER
+from calicolab.kube.apply import parse_manifest
 from calicolab.kube.pools import ENCAPSULATION_MODES
 
 LAB_NAMES = ("control", "node1", "node2", "host1")
@@ -497,8 +496,8 @@ def ippool_row(lab, pools: list[dict], error: str = "") -> Row:
 def expected_replicas(manifest_yaml: str) -> dict[str, int]:
     """``{deployment: replicas}`` of a rendered manifest (default 1, like Kubernetes)."""
     out = {}
-    for doc in yaml.safe_load_all(manifest_yaml):
-        if isinstance(doc, dict) and doc.get("kind") == "Deployment":
+    for doc in parse_manifest(manifest_yaml):
+        if doc["kind"] == "Deployment":
             out[doc["metadata"]["name"]] = (doc.get("spec") or {}).get("replicas", 1)
     return out
 
