@@ -156,11 +156,25 @@ def k3s_unit(name: str) -> str | None:
 def vm_probe(lab, name: str) -> str:
     """The root shell script that observes one VM (addresses, names, MSS rule, services, FTP; on host1
     also BIRD, the YaoBank page and, through :func:`client_command`, ubuntu's kubectl and calicoctl)."""
+    sections = probe_sections(lab, name)
+    if name == CLIENT:
+        # ubuntu's kubectl and calicoctl wait on the API (the longest part): alongside the rest; their
+        # own sections follow this one's marker
+        return sectioned_script(sections, meanwhile=("as_ubuntu", client_command()))
+    return sectioned_script(sections)
+
+
+def probe_sections(lab, name: str) -> dict[str, str]:
+    """The root commands of :func:`vm_probe`, by section name.
+
+    Example: ``probe_sections(lab, "node1")["k3s"]`` -> ``"systemctl is-active k3s-agent"``
+    """
     vm = lab.vms[name]
     names = " ".join(LAB_NAMES)
     sections = {
         "addresses": "ip -4 -o addr show scope global",
-        "names": f"for n in {names}; do echo \"$n $(getent ahostsv4 $n | awk '{{print $1}}' | sort -u | tr '\\n' ' ')\"; done",
+        # each name on a line of its own, then getent's answer (one process per name, parsed here)
+        "names": f"for n in {names}; do echo \"$n\"; getent ahostsv4 \"$n\"; done",
         "mss": (
             "if command -v iptables >/dev/null; then "
             f"iptables -t mangle -C POSTROUTING {mss_rule(lab.tcp_mss)} && echo present || echo absent; "
@@ -181,10 +195,7 @@ def vm_probe(lab, name: str) -> str:
         sections["bird_conf"] = "grep -E '^[[:space:]]*neighbor' /etc/bird/bird.conf"
         sections["birdc"] = "birdc show protocols"
         sections["yaobank"] = f"curl -fsS --max-time 5 {shlex.quote(url)}"
-        # ubuntu's kubectl and calicoctl wait on the API (the longest part): alongside the rest; their
-        # own sections follow this one's marker
-        return sectioned_script(sections, meanwhile=("as_ubuntu", client_command()))
-    return sectioned_script(sections)
+    return sections
 
 
 def client_probe() -> str:
@@ -276,11 +287,14 @@ def address_row(lab, name: str, text: str) -> Row:
 
 def names_row(lab, name: str, text: str) -> Row:
     """Every lab name must resolve, inside the VM, to (at least) its lab address."""
-    resolved = {}
+    resolved: dict[str, list[str]] = {}
+    current = None
     for line in text.splitlines():
         parts = line.split()
-        if parts and parts[0] in LAB_NAMES:
-            resolved[parts[0]] = parts[1:]
+        if len(parts) == 1 and parts[0] in LAB_NAMES:
+            current = resolved.setdefault(parts[0], [])
+        elif parts and current is not None and parts[0] not in current:
+            current.append(parts[0])  # "198.19.0.1  STREAM control": one line per address and socket type
     wrong = [n for n in LAB_NAMES if lab.vms[n].lab_ip not in resolved.get(n, [])]
     if wrong:
         observed = ", ".join(f"{n}={'/'.join(resolved.get(n) or ['nothing'])}" for n in wrong) + " (wrong)"

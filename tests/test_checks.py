@@ -46,11 +46,27 @@ def test_address_row_names_the_missing_lab_address(lab):
     assert ok.ok
 
 
-def test_names_row_accepts_extra_loopback_answers_but_not_a_wrong_address(lab):
-    good = "control 127.0.1.1 198.19.0.1\nnode1 198.19.0.2\nnode2 198.19.0.3\nhost1 198.19.15.254"
-    assert checks.names_row(lab, "control", good).ok
-    bad = checks.names_row(lab, "node1", "control 10.0.0.9\nnode1 198.19.0.2\nnode2 198.19.0.3\nhost1")
-    assert not bad.ok and bad.observed == "control=10.0.0.9, host1=nothing (wrong)"
+def test_names_row_reads_getent_accepting_extra_loopback_answers_but_not_a_wrong_address(lab, tmp_path):
+    # The section's own command with the real getent (glibc), given a hosts file in a mount namespace of
+    # its own; name service from files only, so nothing is asked of a DNS server.
+    import subprocess
+
+    command = checks.probe_sections(lab, "control")["names"]
+    (tmp_path / "nsswitch.conf").write_text("hosts: files\n")
+
+    def names_section(hosts: str) -> str:
+        (tmp_path / "hosts").write_text(hosts)
+        script = (f"mount --bind {tmp_path / 'hosts'} /etc/hosts && "
+                  f"mount --bind {tmp_path / 'nsswitch.conf'} /etc/nsswitch.conf && {command}")
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=30).stdout
+
+    good = names_section("127.0.1.1 control\n198.19.0.1 control\n198.19.0.2 node1\n198.19.0.3 node2\n"
+                         "198.19.15.254 host1\n")
+    assert checks.names_row(lab, "control", good).ok, good
+    bad_text = names_section("10.0.0.9 control\n198.19.0.2 node1\n198.19.0.3 node2\n")
+    bad = checks.names_row(lab, "node1", bad_text)
+    assert not bad.ok and bad.observed == "control=10.0.0.9, host1=nothing (wrong)", bad_text
 
 
 def test_service_mss_and_ftp_rows(lab):
