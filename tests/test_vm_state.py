@@ -54,8 +54,10 @@ def test_files_folders_and_absent_paths_are_read_as_stat_and_sha256_see_them(tmp
     folder.mkdir(mode=0o700)
     folder.chmod(0o700)
     missing = tmp_path / "nothing"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o640)
 
-    answer = read(VmState().command(files=[str(config), str(folder), str(missing)]), shell_env)
+    answer = read(VmState().command(files=[str(config), str(folder), str(missing), str(fifo)]), shell_env)
 
     user, group = owner(config)
     assert answer["files"][str(config)] == {
@@ -63,7 +65,10 @@ def test_files_folders_and_absent_paths_are_read_as_stat_and_sha256_see_them(tmp
         "sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
     }
     assert answer["files"][str(folder)] == {"type": "directory", "mode": "700", "user": user, "group": group}
-    assert answer["files"][str(missing)] is None
+    assert answer["files"].get(str(missing)) is None
+    assert answer["files"][str(fifo)] == {"type": "other", "mode": "640", "user": user, "group": group}
+    now = VmNow(True, answer["first_boot"], answer["files"], answer["units"])
+    assert now.exists(str(folder)) and not now.exists(str(missing))
     assert answer["first_boot"]["status"] == "done"
 
 
@@ -134,4 +139,4 @@ def test_output_that_is_not_the_read_s_is_refused():
     with pytest.raises(FactProcessError):
         VmState().process(["some other program's output"])
     with pytest.raises(FactProcessError):
-        VmState().process(["### first-boot", "### end first-boot", "file 600 root"])
+        VmState().process(["### first-boot", "### end first-boot", "###stat", "f 600 root"])

@@ -27,6 +27,10 @@ from calicolab.facts.multipass import first_boot_command, parse_first_boot
 _FIRST_BOOT = "### first-boot"
 _END_FIRST_BOOT = "### end first-boot"
 _PROBE = "### probe"
+_STAT = "###stat"
+_SHA256 = "###sha256"
+_UNIT = "###unit "
+_TYPES = {"f": "file", "d": "directory"}  # find's %y; anything else exists as "other"
 
 
 def _sha256(data: bytes | str) -> str:
@@ -110,8 +114,8 @@ class VmState(FactBase):
     Returns, from one command in the VM (needs root for root-only files: ``_sudo=True``):
 
     * ``first_boot``: what ``calicolab.facts.multipass.FirstBoot`` returns;
-    * ``files``: for each path asked, ``{"type": "file"|"directory"|"other", "mode": "644", "user",
-      "group", "sha256"}`` (``sha256`` for files only), or None when it does not exist;
+    * ``files``: for each path asked that exists, ``{"type": "file"|"directory"|"other", "mode": "644",
+      "user", "group", "sha256"}`` (``sha256`` for files only); a path that does not exist is left out;
     * ``units``: for each systemd unit asked, ``{"active": ..., "enabled": ...}``, its ``ActiveState`` and
       ``UnitFileState`` (what ``systemctl is-active``/``is-enabled`` print; ``""`` when there is none);
     * ``rewritten_sha256``: with ``kubeconfig=(path, server)``, what ``calicolab.facts.k3s.RewrittenFileSha256``
@@ -122,7 +126,7 @@ class VmState(FactBase):
 
         {"first_boot": {"status": "done", "fingerprint": "ddfe...", ...},
          "files": {"/etc/rancher/k3s/config.yaml": {"type": "file", "mode": "600", "user": "root",
-                   "group": "root", "sha256": "3b1c..."}, "/usr/local/bin/k3s": None},
+                   "group": "root", "sha256": "3b1c..."}},
          "units": {"k3s": {"active": "active", "enabled": "enabled"}},
          "rewritten_sha256": None, "probe": None}
     """
@@ -135,19 +139,17 @@ class VmState(FactBase):
     @override
     def command(self, files=(), units=(), kubeconfig=None, probe=None) -> str:
         parts = [f"echo {shlex.quote(_FIRST_BOOT)}", first_boot_command(), f"echo {shlex.quote(_END_FIRST_BOOT)}"]
-        for path in files:
-            p = shlex.quote(path)
-            parts.append(
-                f"if [ -f {p} ]; then set -- $(stat -c '%a %U %G' {p}) $(sha256sum {p}); echo \"file $1 $2 $3 $4 \"{p}; "
-                f"elif [ -d {p} ]; then set -- $(stat -c '%a %U %G' {p}); echo \"directory $1 $2 $3 - \"{p}; "
-                f"elif [ -e {p} ]; then echo \"other - - - - \"{p}; else echo \"absent - - - - \"{p}; fi"
-            )
+        # One find and one sha256sum for all the files, and systemctl's own lines, parsed here: a
+        # process or two per file would cost more than the rest of the read.
+        paths = " ".join(shlex.quote(path) for path in files)
+        if files:
+            parts.append(f"echo {shlex.quote(_STAT)}; find -L {paths} -maxdepth 0 -printf '%y %m %u %g %p\\n' 2>/dev/null")
+            parts.append(f"echo {shlex.quote(_SHA256)}; set --; for p in {paths}; do [ -f \"$p\" ] && set -- \"$@\" \"$p\"; done; "
+                         "[ $# -eq 0 ] || sha256sum -- \"$@\" 2>/dev/null")
         for unit in units:
-            u = shlex.quote(unit)
-            # one systemctl per unit: ActiveState and UnitFileState are what is-active and is-enabled print
-            parts.append(f"s=$(systemctl show -p ActiveState -p UnitFileState {u} 2>/dev/null); "
-                         f"echo \"unit $(echo \"$s\" | sed -n 's/^ActiveState=//p') "
-                         f"$(echo \"$s\" | sed -n 's/^UnitFileState=//p') \"{u}")
+            # ActiveState and UnitFileState are what is-active and is-enabled print
+            parts.append(f"echo {shlex.quote(_UNIT + unit)}; "
+                         f"systemctl show -p ActiveState -p UnitFileState {shlex.quote(unit)} 2>/dev/null")
         if kubeconfig:
             rewritten = RewrittenFileSha256().command(*kubeconfig).get_raw_value()
             parts.append(f'printf "rewritten %s\\n" "$({rewritten})"')
@@ -170,21 +172,30 @@ class VmState(FactBase):
             probe_at = lines.index(_PROBE, end + 1)
             answer["probe"] = "\n".join(lines[probe_at + 1:])
             lines = lines[:probe_at]
+        section, sha256 = "", {}
         for line in lines[end + 1:]:
-            kind, _, rest = line.partition(" ")
-            if kind in ("file", "directory", "other", "absent"):
-                fields = rest.split(" ", 4)
+            if line.startswith("rewritten "):
+                answer["rewritten_sha256"] = line.split(" ")[1] or None
+            elif line in (_STAT, _SHA256) or line.startswith(_UNIT):
+                section = line
+                if line.startswith(_UNIT):
+                    answer["units"][line[len(_UNIT):]] = {"active": "", "enabled": ""}
+            elif section == _STAT:
+                fields = line.split(" ", 4)
                 if len(fields) != 5:
                     raise FactProcessError(f"{self.name}: unexpected line {line!r}")
-                mode, user, group, sha256, path = fields
-                answer["files"][path] = None if kind == "absent" else {
-                    "type": kind, "mode": mode, "user": user, "group": group,
-                    **({"sha256": sha256} if kind == "file" else {})}
-            elif kind == "unit":
-                fields = rest.split(" ")
-                if len(fields) < 3:
-                    raise FactProcessError(f"{self.name}: unexpected line {line!r}")
-                answer["units"][fields[-1]] = {"active": fields[0], "enabled": fields[1]}
-            elif kind == "rewritten":
-                answer["rewritten_sha256"] = rest.split(" ")[0] or None
+                kind, mode, user, group, path = fields
+                answer["files"][path] = {"type": _TYPES.get(kind, "other"), "mode": mode, "user": user,
+                                         "group": group}
+            elif section == _SHA256:
+                digest, _, path = line.partition("  ")
+                sha256[path] = digest
+            elif section.startswith(_UNIT):
+                key, _, value = line.partition("=")
+                field_name = {"ActiveState": "active", "UnitFileState": "enabled"}.get(key)
+                if field_name:
+                    answer["units"][section[len(_UNIT):]][field_name] = value
+        for path, found in answer["files"].items():
+            if found and found["type"] == "file":
+                found["sha256"] = sha256.get(path)
         return answer
