@@ -131,6 +131,11 @@ def sectioned_script(sections: dict[str, str], meanwhile: tuple[str, str] | None
     return "; ".join(parts) + "; true"
 
 
+def add_sections(text: str, sections: dict[str, str]) -> str:
+    """``text`` (a probe's output) with ``sections`` after it, as if the probe had printed them."""
+    return text + "".join(f"\n{_SECTION}{name}\n{value}" for name, value in sections.items())
+
+
 def split_sections(text: str) -> dict[str, str]:
     """The output of :func:`sectioned_script` as ``{section: text}``."""
     sections: dict[str, str] = {}
@@ -153,10 +158,18 @@ def k3s_unit(name: str) -> str | None:
     return {SERVER: "k3s", **{agent: "k3s-agent" for agent in AGENTS}}.get(name)
 
 
-def vm_probe(lab, name: str) -> str:
+def service_sections(name: str) -> dict[str, str]:
+    """The probe's sections that are a systemd unit's ``ActiveState`` (what ``systemctl is-active``
+    prints), and the unit: ``{"k3s": "k3s-agent"}`` on node1."""
+    unit = k3s_unit(name)
+    return {"k3s": unit} if unit else {"bird": "bird"} if name == CLIENT else {}
+
+
+def vm_probe(lab, name: str, without: Iterable[str] = ()) -> str:
     """The root shell script that observes one VM (addresses, names, MSS rule, services, FTP; on host1
-    also BIRD, the YaoBank page and, through :func:`client_command`, ubuntu's kubectl and calicoctl)."""
-    sections = probe_sections(lab, name)
+    also BIRD, the YaoBank page and, through :func:`client_command`, ubuntu's kubectl and calicoctl).
+    ``without``: sections left out (the deploy's read of the VM has the units' states already)."""
+    sections = {key: command for key, command in probe_sections(lab, name).items() if key not in without}
     if name == CLIENT:
         # ubuntu's kubectl and calicoctl wait on the API (the longest part): alongside the rest; their
         # own sections follow this one's marker
@@ -181,9 +194,8 @@ def probe_sections(lab, name: str) -> dict[str, str]:
             "else echo 'iptables is not installed'; fi"
         ),
     }
-    unit = k3s_unit(name)
-    if unit:
-        sections["k3s"] = f"systemctl is-active {unit}"
+    for section, unit in service_sections(name).items():
+        sections[section] = f"systemctl is-active {unit}"
     if name in FTP_VMS:
         # bash's /dev/tcp: read vsftpd's greeting without an FTP client
         sections["ftp"] = (
@@ -191,7 +203,6 @@ def probe_sections(lab, name: str) -> dict[str, str]:
         )
     if name == CLIENT:
         url = yaobank_url(lab)
-        sections["bird"] = "systemctl is-active bird"
         sections["bird_conf"] = "grep -E '^[[:space:]]*neighbor' /etc/bird/bird.conf"
         sections["birdc"] = "birdc show protocols"
         sections["yaobank"] = f"curl -fsS --max-time 5 {shlex.quote(url)}"

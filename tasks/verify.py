@@ -32,14 +32,26 @@ def vm_probe(lab) -> str | None:
     (``tasks.k3s.vm_now``). ``timeout`` ends the script's whole process group."""
     if host.name not in lab.vms:
         return None
-    return f"timeout {PROBE_WITH_READ_SECONDS} sh -c {shlex.quote(checks_of.vm_probe(lab, host.name))}"
+    # the read has the units' states (``VmNow.units``); :func:`observe` puts them in as their sections
+    probe = checks_of.vm_probe(lab, host.name, without=checks_of.service_sections(host.name))
+    return f"timeout {PROBE_WITH_READ_SECONDS} sh -c {shlex.quote(probe)}"
+
+
+def _probe_when_read(now: VmNow | None) -> str | None:
+    """What the probe printed with the deploy's read of this VM, with its service sections from the
+    units' states that the read took (what ``systemctl is-active`` prints is the ``ActiveState``)."""
+    if now is None or now.probe is None:
+        return None
+    units = {section: now.units.get(unit, {}).get("active", "")
+             for section, unit in checks_of.service_sections(host.name).items()}
+    return checks_of.add_sections(now.probe, units)
 
 
 def observe(lab, now: VmNow | None = None) -> None:
     """Every check, in course order; the rows are kept for the report. ``now``: the deploy's read of
     this VM while it was planned, with the probe's output (see ``checks.observed``)."""
     checks.observed(name="Check: VMs Running, inside each VM, the cluster", lab=lab,
-                    planned_probe=now.probe if now else None)
+                    planned_probe=_probe_when_read(now))
 
 
 def report_card(lab, now: VmNow | None = None) -> None:

@@ -242,7 +242,7 @@ def test_the_probe_run_with_the_deploy_s_read_is_cut_short_with_everything_it_st
 
     monkeypatch.setattr(verify, "host", SimpleNamespace(name="host1"))
     monkeypatch.setattr(verify, "PROBE_WITH_READ_SECONDS", 1)
-    monkeypatch.setattr(checks, "vm_probe", lambda lab, name: "echo first; (sleep 60; echo late) & sleep 60; echo never")
+    monkeypatch.setattr(checks, "vm_probe", lambda lab, name, without=(): "echo first; (sleep 60; echo late) & sleep 60; echo never")
     command = verify.vm_probe(lab)
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
     assert result.returncode == 124 and result.stdout == "first\n"
@@ -269,3 +269,14 @@ def test_a_meanwhile_section_runs_alongside_the_others_and_its_output_comes_last
     assert checks.split_sections(result.stdout) == {"first": "saw it", "second": "two", "alongside": "M\nerr"}
     assert result.stdout.rstrip().endswith("### calicolab:alongside\nM\nerr")
     assert list(scratch.iterdir()) == [], "the meanwhile command's output file is removed"
+
+
+def test_a_probe_run_with_the_deploy_s_read_leaves_the_units_to_the_read_whose_states_fill_their_rows(lab):
+    # the read already asks systemd for the unit (VmNow.units); the probe run with it does not ask again
+    assert "systemctl" not in checks.vm_probe(lab, "node1", without=checks.service_sections("node1"))
+    assert "systemctl is-active k3s-agent" in checks.vm_probe(lab, "node1")
+    assert checks.service_sections("host1") == {"bird": "bird"} and checks.service_sections("node2") == {"k3s": "k3s-agent"}
+    probed = "### calicolab:addresses\ninet 198.19.0.2/20\ninet 10.255.255.2/24"
+    for active, ok in (("active", True), ("inactive", False), ("", False)):
+        rows = checks.vm_rows(lab, "node1", checks.split_sections(checks.add_sections(probed, {"k3s": active})))
+        assert [row.ok for row in rows if row.check == "node1: k3s-agent active"] == [ok]
