@@ -6,8 +6,9 @@ the variable is unset), mode 0700. It is not the lab's state folder: a teardown 
 next build downloads nothing again. Delete the folder to free the space.
 
 Each file is stored under a folder named after its URL, beside a ``.sha256`` file holding the digest
-it was verified against. A cached file is re-hashed before use (once per process): a file whose
-digest no longer matches is removed and downloaded again. A download in progress is written to
+it was verified against, with the file's size and modification time when it was. A cached file whose
+size or time changed since is hashed again before use: one whose digest no longer matches is
+downloaded again. A download in progress is written to
 ``.<name>.<pid>.part`` and renamed once verified; one left by a run that was killed is removed by
 the next download of that file.
 
@@ -135,19 +136,28 @@ class DownloadCache:
         return folder / item.filename, folder / (item.filename + ".sha256")
 
     def cached(self, item: Download) -> CachedFile | None:
-        """The cached copy of ``item`` when it still matches its recorded digest; no network."""
+        """The cached copy of ``item`` when it still matches its recorded digest; no network. It is
+        hashed again only when its size or modification time changed since it was last verified."""
         path, digest_path = self._paths(item)
         try:
-            expected = digest_path.read_text().strip()
+            recorded = digest_path.read_text().split()
             info = path.stat()
         except OSError:
             return None
+        if not recorded:
+            return None
+        expected, stamp = recorded[0], [str(info.st_size), str(info.st_mtime_ns)]
+        if recorded[1:] == stamp:
+            return CachedFile(path, expected)
         key = (str(path), info.st_mtime_ns, info.st_size)
         actual = self._verified.get(key)
         if actual is None:
             actual = _sha256_of(path)
             self._verified[key] = actual
-        return CachedFile(path, expected) if actual == expected else None
+        if actual != expected:
+            return None
+        _record_digest(digest_path, expected, path)
+        return CachedFile(path, expected)
 
     def fetch(self, item: Download) -> CachedFile:
         """The cached copy, downloaded and verified first when missing or corrupt (once per URL at a
@@ -178,8 +188,21 @@ class DownloadCache:
                 if published is not None:
                     published.kill()
                 temp.unlink(missing_ok=True)
-            digest_path.write_text(actual + "\n")
+            _record_digest(digest_path, actual, path)
             return CachedFile(path, actual)
+
+
+def _record_digest(digest_path: Path, digest: str, path: Path) -> None:
+    """Write ``<digest> <size> <mtime_ns>`` of the verified ``path`` (the size and time tell a later
+    run that the file is as verified, without hashing some 200 MB of binaries on every run). Best
+    effort: a cache that cannot be written is only hashed again."""
+    info = path.stat()
+    temp = digest_path.with_name(f".{digest_path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(f"{digest} {info.st_size} {info.st_mtime_ns}\n")
+        os.replace(temp, digest_path)
+    except OSError:
+        temp.unlink(missing_ok=True)
 
 
 def _remove_abandoned_parts(path: Path) -> None:

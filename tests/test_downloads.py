@@ -167,3 +167,36 @@ def test_a_failed_checksum_download_is_one_error_without_a_greenlet_traceback(se
     with pytest.raises(DownloadError, match="SHA256SUMS"):
         DownloadCache(tmp_path / "downloads").fetch(item)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_later_run_hashes_a_cached_file_again_only_when_its_size_or_time_changed(server, tmp_path, monkeypatch):
+    import os
+
+    import calicolab.downloads as downloads
+
+    cache = DownloadCache(tmp_path / "downloads")
+    item = publish(server)
+    path = cache.fetch(item).path
+    hashed = []
+    real_sha256_of = downloads._sha256_of
+    monkeypatch.setattr(downloads, "_sha256_of", lambda p: hashed.append(p) or real_sha256_of(p))
+    monkeypatch.setattr(DownloadCache, "_verified", {})  # a later run: nothing verified in this process
+    assert DownloadCache(cache.root).cached(item).path == path and hashed == []
+    # The same size and a new time (a copy put back, a restore from a backup): hashed, still valid
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert DownloadCache(cache.root).cached(item).path == path and hashed == [path]
+    monkeypatch.setattr(DownloadCache, "_verified", {})
+    assert DownloadCache(cache.root).cached(item).path == path and hashed == [path], "its new time is recorded"
+    # The same size, other bytes, a new time: refused
+    path.write_bytes(bytes(len(TOOL)))
+    assert DownloadCache(cache.root).cached(item) is None
+
+
+def test_a_cache_written_before_sizes_and_times_were_recorded_is_verified_once(server, tmp_path):
+    cache = DownloadCache(tmp_path / "downloads")
+    item = publish(server)
+    found = cache.fetch(item)
+    digest_file = found.path.with_name(found.path.name + ".sha256")
+    digest_file.write_text(found.sha256 + "\n")  # the format before: the digest alone
+    assert DownloadCache(cache.root).cached(item) == found
+    assert digest_file.read_text().split()[0] == found.sha256 and len(digest_file.read_text().split()) == 3
