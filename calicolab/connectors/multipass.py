@@ -303,9 +303,9 @@ class MultipassConnector(BaseConnector):
         **arguments: Unpack[ConnectorArguments],
     ) -> bool:
         """
-        Upload a local file or IO object (text or bytes): the bytes go on the stdin of
-        ``multipass exec NAME -- sh -c 'umask 077 && cat > TMP'`` (inside the VM), then ``cp TMP REMOTE`` runs with
-        the operation's arguments (``_sudo`` for root-owned targets) and TMP is removed.
+        Upload a local file or IO object (text or bytes) in one ``multipass exec``: the bytes go on the
+        stdin of ``umask 077 && cat > TMP`` inside the VM, then ``cp TMP REMOTE``, both with the
+        operation's arguments (``_sudo`` for root-owned targets), and TMP is removed.
         """
         del remote_temp_filename  # the bytes go to our own temp file in the VM (mp.upload_temp_path)
         with get_file_io(filename_or_io, "rb") as file_io:
@@ -313,44 +313,22 @@ class MultipassConnector(BaseConnector):
         if isinstance(data, str):
             data = data.encode()
 
-        if self._phantom():
-            return True
-        problem = self._ensure_running()
-        if problem is not None:
-            self.host.log(problem.stderr, log_func=logger.error)
-            return False
-
-        extract_control_arguments(arguments)  # payload goes on stdin; _stdin makes no sense here
-        temp = mp.upload_temp_path(remote_filename, uuid.uuid4().hex[:12])
-        upload = mp.exec_argv(
-            self.multipass_bin,
-            self.instance,
-            StringCommand("umask 077 && cat >", QuoteString(temp)).get_raw_value(),
-        )
+        extract_control_arguments(arguments)  # the payload is the stdin
+        temp = QuoteString(mp.upload_temp_path(remote_filename, uuid.uuid4().hex[:12]))
         if print_input:
             echo(f"{self.host.print_prefix}>>> upload {len(data)} bytes to {remote_filename}", err=True)
-        if self._carry(upload, f"upload of {remote_filename}", stdin=data, timeout=None) is None:
-            return False
-
         # cp (not mv): a new target belongs to the (sudo) user, an existing one keeps owner and mode.
         status, output = self.run_shell_command(
-            StringCommand(
-                "cp",
-                QuoteString(temp),
-                QuoteString(remote_filename),
-                "; rc=$? ; rm -f",
-                QuoteString(temp),
-                "2>/dev/null ; exit $rc",
-            ),
+            StringCommand("umask 077 && cat >", temp, "&& cp", temp, QuoteString(remote_filename),
+                          "; rc=$? ; rm -f", temp, "2>/dev/null ; exit $rc"),
             print_output=print_output,
-            print_input=print_input,
+            _stdin=data,
+            _timeout=None,
             **arguments,
         )
-        if any(arguments.get(key) for key in ("_sudo_user", "_su_user", "_doas_user", "_dzdo_user")):
-            # another user cannot remove the login user's file from the sticky /tmp
-            self.run_shell_command(StringCommand("rm", "-f", QuoteString(temp)))
         if not status:
-            self.host.log(f"could not write {remote_filename}: {output.stderr}", log_func=logger.error)
+            self.host.log(f"could not write {remote_filename}: {mp.clean_message(output.stdout, output.stderr)}",
+                          log_func=logger.error)
             return False
 
         if print_output:
