@@ -244,6 +244,9 @@ def test_a_changed_file_and_a_stopped_service_are_put_back_and_restarted(lab):
     conf = lab.vm("host1", "cat /etc/bird/bird.conf")
     lab.vm("host1", "echo '# edited by hand' >> /etc/bird/bird.conf && chmod 0600 /etc/bird/bird.conf")
     lab.vm("node2", "systemctl stop k3s-agent")
+    # a binary changed in place: its size and time no longer those its install recorded, so it is hashed
+    calicoctl = lab.vm("host1", "sha256sum /usr/local/bin/calicoctl").split()[0]
+    lab.vm("host1", "echo '# changed by hand' >> /usr/local/bin/calicoctl")
     dry = lab.deploy("--dry", "--diff")
     assert dry.returncode == 0, dry.stderr[-3000:]
     shown = plain(dry)
@@ -257,7 +260,8 @@ def test_a_changed_file_and_a_stopped_service_are_put_back_and_restarted(lab):
                                                                               "host1": 1}
     changed = {name for op in json.loads(fixed.stdout)["results"]["operations"] if op["success"] for name in op["names"]}
     assert {"host1: BIRD configuration and shell profile", "host1: restart BIRD (configuration changed)",
-            "k3s agent: k3s-agent running"} <= changed, changed
+            "k3s agent: k3s-agent running", "host1: kubectl and calicoctl from the workstation cache"} <= changed, changed
+    assert lab.vm("host1", "sha256sum /usr/local/bin/calicoctl").split()[0] == calicoctl
     assert lab.vm("host1", "cat /etc/bird/bird.conf") == conf
     assert lab.vm("host1", "stat -c %a /etc/bird/bird.conf").strip() == "644"
     assert lab.vm("node2", "systemctl is-active k3s-agent").strip() == "active"

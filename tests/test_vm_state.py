@@ -140,3 +140,37 @@ def test_output_that_is_not_the_read_s_is_refused():
         VmState().process(["some other program's output"])
     with pytest.raises(FactProcessError):
         VmState().process(["### first-boot", "### end first-boot", "###stat", "f 600 root"])
+
+
+def test_an_installed_binary_is_read_at_its_stamp_while_its_size_and_time_stay_and_hashed_once_they_change(
+        tmp_path, shell_env, monkeypatch):
+    import calicolab.facts.vm as vm
+
+    monkeypatch.setattr(vm, "STAMPS_DIR", str(tmp_path / "verified"))
+    binary, config = tmp_path / "k3s", tmp_path / "config.yaml"
+    binary.write_bytes(b"k3s v1\n")
+    config.write_text("a: 1\n")
+    # the install step's own command, in a real shell, records the digest with the size and time
+    subprocess.run(["sh", "-c", vm.stamp_command(str(binary))], env=shell_env, check=True, timeout=30)
+    assert open(vm.stamp_path(str(binary))).read().split()[0] == hashlib.sha256(b"k3s v1\n").hexdigest()
+    hashed = tmp_path / "hashed"  # a sha256sum that notes what it is asked to hash
+    (tmp_path / "bin" / "sha256sum").write_text(f'#!/bin/sh\necho "$@" >> {hashed}\nexec /usr/bin/sha256sum "$@"\n')
+    (tmp_path / "bin" / "sha256sum").chmod(0o755)
+
+    def sha256_read():
+        hashed.unlink(missing_ok=True)
+        files = read(VmState().command(files=[str(binary), str(config)]), shell_env)["files"]
+        return files[str(binary)]["sha256"], files[str(config)]["sha256"], hashed.read_text().split()
+
+    digest, config_digest, asked = sha256_read()
+    assert digest == hashlib.sha256(b"k3s v1\n").hexdigest() and str(binary) not in asked
+    assert config_digest == hashlib.sha256(b"a: 1\n").hexdigest() and str(config) in asked  # no stamp: hashed
+    # the stamp's digest is what is taken (here one that is not the file's, to tell them apart)
+    stamp = tmp_path / "verified" / os.path.basename(vm.stamp_path(str(binary)))
+    size_and_time = stamp.read_text().split()[1:]
+    stamp.write_text(" ".join(["f" * 64, *size_and_time]) + "\n")
+    assert sha256_read()[0] == "f" * 64
+    # replaced (another size and time): hashed again, the stamp no longer counts
+    binary.write_bytes(b"k3s v2, another build\n")
+    digest, _, asked = sha256_read()
+    assert digest == hashlib.sha256(b"k3s v2, another build\n").hexdigest() and str(binary) in asked

@@ -32,6 +32,29 @@ _SHA256 = "###sha256"
 _UNIT = "###unit "
 _TYPES = {"f": "file", "d": "directory"}  # find's %y; anything else exists as "other"
 
+#: Where the deploy records, when it installs a binary, its sha256 with its size and modification
+#: time: the read takes that digest instead of hashing the file again while size and time are the
+#: same (k3s alone is ~70 MB, hashed on three VMs on every run otherwise).
+STAMPS_DIR = "/var/lib/calicolab/verified"
+
+
+def stamp_path(path: str) -> str:
+    """The stamp file of ``path`` in the VM: ``stamp_path("/usr/local/bin/k3s")`` ->
+    ``"/var/lib/calicolab/verified/usr_local_bin_k3s"``."""
+    return f"{STAMPS_DIR}/{path.strip('/').replace('/', '_')}"
+
+
+def _size_and_time(path: str) -> str:
+    return f"find -L {shlex.quote(path)} -maxdepth 0 -printf '%s %T@'"
+
+
+def stamp_command(path: str) -> str:
+    """Shell that records ``path``'s sha256, size and modification time in its stamp (run as root
+    right after installing it); a stamp that cannot be written is removed, never left stale."""
+    stamp = shlex.quote(stamp_path(path))
+    return (f"{{ mkdir -p {shlex.quote(STAMPS_DIR)} && s=$(sha256sum {shlex.quote(path)}) && "
+            f"printf '%s %s\\n' \"${{s%% *}}\" \"$({_size_and_time(path)})\" > {stamp} || rm -f {stamp}; }}")
+
 
 def _sha256(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
@@ -143,9 +166,17 @@ class VmState(FactBase):
         # process or two per file would cost more than the rest of the read.
         paths = " ".join(shlex.quote(path) for path in files)
         if files:
-            parts.append(f"echo {shlex.quote(_STAT)}; find -L {paths} -maxdepth 0 -printf '%y %m %u %g %p\\n' 2>/dev/null")
-            parts.append(f"echo {shlex.quote(_SHA256)}; set --; for p in {paths}; do [ -f \"$p\" ] && set -- \"$@\" \"$p\"; done; "
-                         "[ $# -eq 0 ] || sha256sum -- \"$@\" 2>/dev/null")
+            parts.append(f"echo {shlex.quote(_STAT)}; stats=$(find -L {paths} -maxdepth 0 "
+                         "-printf '%y %m %u %g %s %T@ %p\\n' 2>/dev/null); printf '%s\\n' \"$stats\"")
+            parts.append(f"echo {shlex.quote(_SHA256)}; set --")
+            for path in files:
+                # the stamp's digest while its size and time are the file's (the find line above),
+                # else the file is hashed (below, one sha256sum for all)
+                p = shlex.quote(path)
+                parts.append(f"sum=; size=; mtime=; {{ read -r sum size mtime < {shlex.quote(stamp_path(path))}; }} 2>/dev/null; "
+                             f"case \"$stats\n\" in *\" $size $mtime \"{p}\"\n\"*) echo \"$sum  \"{p};; "
+                             f"*) [ -f {p} ] && set -- \"$@\" {p};; esac")
+            parts.append("[ $# -eq 0 ] || sha256sum -- \"$@\" 2>/dev/null")
         for unit in units:
             # ActiveState and UnitFileState are what is-active and is-enabled print
             parts.append(f"echo {shlex.quote(_UNIT + unit)}; "
@@ -180,11 +211,11 @@ class VmState(FactBase):
                 section = line
                 if line.startswith(_UNIT):
                     answer["units"][line[len(_UNIT):]] = {"active": "", "enabled": ""}
-            elif section == _STAT:
-                fields = line.split(" ", 4)
-                if len(fields) != 5:
+            elif section == _STAT and line:
+                fields = line.split(" ", 6)
+                if len(fields) != 7:
                     raise FactProcessError(f"{self.name}: unexpected line {line!r}")
-                kind, mode, user, group, path = fields
+                kind, mode, user, group, _size, _time, path = fields
                 answer["files"][path] = {"type": _TYPES.get(kind, "other"), "mode": mode, "user": user,
                                          "group": group}
             elif section == _SHA256:

@@ -18,6 +18,7 @@ from pyinfra.facts.files import Sha256File
 from pyinfra.operations import files as pyinfra_files
 
 from calicolab.downloads import CachedFile, Download, DownloadCache, DownloadError, outcome, result_of
+from calicolab.facts.vm import stamp_command
 from calicolab.operations import k3s
 from calicolab.operations.common import fail_with, print_once
 from calicolab.state import SecretSource
@@ -85,7 +86,8 @@ def downloads_installed(files: dict[str, Download], mode: str = "0755", cache_di
 
     A file whose remote sha256 equals the verified download is left alone. A new file is uploaded
     beside its destination and renamed into place, so a running binary (k3s) is replaced, never
-    overwritten. Downloads happen only while the run executes (``--dry`` fetches nothing and
+    overwritten; its sha256, size and time are then recorded in the VM for the deploy's later reads
+    (:func:`calicolab.facts.vm.stamp_command`). Downloads happen only while the run executes (``--dry`` fetches nothing and
     reports a change for what is not cached yet); a failed download or checksum ends the operation
     with the URL and the cause, and installs nothing. Needs root (``_sudo=True``).
 
@@ -134,9 +136,10 @@ def downloads_installed(files: dict[str, Download], mode: str = "0755", cache_di
             continue
         new = f"{dest}.calicolab-new"
         yield FileUploadCommand(str(found.path), new, remote_temp_filename=host.get_temp_filename(new))
-        # one round trip: owner and mode first, then the rename
+        # one round trip: owner and mode first, then the rename, then the stamp that spares the next
+        # runs' reads hashing it again (calicolab.facts.vm.stamp_path)
         yield StringCommand("chown", "root:root", QuoteString(new), "&&", "chmod", mode, QuoteString(new),
-                            "&&", "mv", "-f", QuoteString(new), QuoteString(dest))
+                            "&&", "mv", "-f", QuoteString(new), QuoteString(dest), "&&", stamp_command(dest))
 
 
 @dataclass(frozen=True)
