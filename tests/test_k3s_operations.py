@@ -21,7 +21,7 @@ from pyinfra.connectors.fake import FakeConnector
 from pyinfra.connectors.local import LocalConnector
 from pyinfra.connectors.ssh import SSHConnector
 
-from calicolab.constants import K3S_CONFIG_PATH, K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
+from calicolab.constants import K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
 from calicolab.facts.k3s import K3sNodes, RewrittenFileSha256
 from calicolab.downloads import Download, DownloadCache
 from calicolab.model import load_defaults, load_lab

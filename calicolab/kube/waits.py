@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from calicolab.kube.client import ApiUnreachable, KubeApi, KubeError
 from calicolab.polling import Check, Transient, poll
