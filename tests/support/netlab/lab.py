@@ -523,6 +523,7 @@ class NetLab:
         return self.update_vm(name, state="Running")
 
     def _kill_init(self, vm: dict) -> None:
+        self._continue_waiters(vm)
         pid = vm.get("init_pid")
         if pid and _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
@@ -567,6 +568,24 @@ class NetLab:
         for pid in self._vm_pids(vm):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
+        if signum == signal.SIGCONT:
+            self._continue_waiters(vm)
+
+    def _continue_waiters(self, vm: dict) -> None:
+        """SIGCONT the ``nsenter`` processes waiting outside the VM for a command in it (``exec_in``, a
+        boot). nsenter stops itself when its child is frozen, and a SIGCONT sent into the VM does not
+        reach it: left stopped, it would outlive the VM. Found by their argv naming the VM's live init,
+        so no other process is signalled."""
+        init = vm.get("init_pid")
+        if not init or not _pid_alive(init):
+            return
+        prefix = b"\0".join([b"nsenter", b"-t", str(init).encode()]) + b"\0"
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if pathlib.Path(f"/proc/{entry}/cmdline").read_bytes().startswith(prefix):
+                    os.kill(int(entry), signal.SIGCONT)
 
     def suspend_vm(self, name: str) -> dict:
         """Like a suspended (or host-slept) VM: every process in it frozen (SIGSTOP), memory and addresses kept."""
