@@ -30,7 +30,9 @@ def lab():
 def test_a_rebuild_after_teardown_downloads_nothing_again(lab):
     before = len(lab.mirror.requests())
     result = lab.deploy("-y")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the report card's failed rows first: the tail of the output would cut them off
+    failed_rows = [line for line in (result.stdout + result.stderr).splitlines() if line.lstrip().startswith("FAIL")]
+    assert result.returncode == 0, "\n".join(failed_rows) + "\n" + result.stdout[-3000:] + result.stderr[-3000:]
     assert_lab_healthy(lab)
     assert mirror_downloads(lab, before) == []
 
