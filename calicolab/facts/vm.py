@@ -44,8 +44,8 @@ def stamp_path(path: str) -> str:
     return f"{STAMPS_DIR}/{path.strip('/').replace('/', '_')}"
 
 
-def _size_and_time(path: str) -> str:
-    return f"find -L {shlex.quote(path)} -maxdepth 0 -printf '%s %T@'"
+#: find's size and modification time, as the stamp records them and the read compares them
+_SIZE_AND_TIME = "%s %T@"
 
 
 def stamp_command(path: str) -> str:
@@ -53,7 +53,8 @@ def stamp_command(path: str) -> str:
     right after installing it); a stamp that cannot be written is removed, never left stale."""
     stamp = shlex.quote(stamp_path(path))
     return (f"{{ mkdir -p {shlex.quote(STAMPS_DIR)} && s=$(sha256sum {shlex.quote(path)}) && "
-            f"printf '%s %s\\n' \"${{s%% *}}\" \"$({_size_and_time(path)})\" > {stamp} || rm -f {stamp}; }}")
+            f"printf '%s %s\\n' \"${{s%% *}}\" \"$(find -L {shlex.quote(path)} -maxdepth 0 -printf '{_SIZE_AND_TIME}')\" "
+            f"> {stamp} || rm -f {stamp}; }}")
 
 
 def _sha256(data: bytes | str) -> str:
@@ -167,7 +168,7 @@ class VmState(FactBase):
         paths = " ".join(shlex.quote(path) for path in files)
         if files:
             parts.append(f"echo {shlex.quote(_STAT)}; stats=$(find -L {paths} -maxdepth 0 "
-                         "-printf '%y %m %u %g %s %T@ %p\\n' 2>/dev/null); printf '%s\\n' \"$stats\"")
+                         f"-printf '%y %m %u %g {_SIZE_AND_TIME} %p\\n' 2>/dev/null); printf '%s\\n' \"$stats\"")
             parts.append(f"echo {shlex.quote(_SHA256)}; set --")
             for path in files:
                 # the stamp's digest while its size and time are the file's (the find line above),
