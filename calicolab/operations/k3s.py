@@ -129,7 +129,7 @@ def _secret_commands(dest: str, data: bytes, mode: str, user: str, group: str):
             )
         else:
             yield StringCommand("chmod", mode, QuoteString(dest))
-        yield FileUploadCommand(io.BytesIO(data), dest, remote_temp_filename=host.get_temp_filename(dest))
+        yield FileUploadCommand(io.BytesIO(data), dest)  # the connector picks its own temp file
     yield StringCommand("chown", f"{user}:{group}", QuoteString(dest), "&&", "chmod", mode, QuoteString(dest))
 
 

@@ -87,9 +87,10 @@ def downloads_installed(files: dict[str, Download], mode: str = "0755", cache_di
     A file whose remote sha256 equals the verified download is left alone. A new file is uploaded
     beside its destination and renamed into place, so a running binary (k3s) is replaced, never
     overwritten; its sha256, size and time are then recorded in the VM for the deploy's later reads
-    (:func:`calicolab.facts.vm.stamp_command`). Downloads happen only while the run executes (``--dry`` fetches nothing and
-    reports a change for what is not cached yet); a failed download or checksum ends the operation
-    with the URL and the cause, and installs nothing. Needs root (``_sudo=True``).
+    (:func:`calicolab.facts.vm.stamp_command`). Downloads happen only while the run executes
+    (``--dry`` fetches nothing and reports a change for what is not cached yet); a failed download or
+    checksum ends the operation with the URL and the cause, and installs nothing. Needs root
+    (``_sudo=True``).
 
     **Example:**
 
@@ -135,7 +136,7 @@ def downloads_installed(files: dict[str, Download], mode: str = "0755", cache_di
             yield FunctionCommand(fail_with(f"{files[dest].url} is not downloaded"), (), {})
             continue
         new = f"{dest}.calicolab-new"
-        yield FileUploadCommand(str(found.path), new, remote_temp_filename=host.get_temp_filename(new))
+        yield FileUploadCommand(str(found.path), new)  # the connector picks its own temp file
         # one round trip: owner and mode first, then the rename, then the stamp that spares the next
         # runs' reads hashing it again (calicolab.facts.vm.stamp_path)
         yield StringCommand("chown", "root:root", QuoteString(new), "&&", "chmod", mode, QuoteString(new),
