@@ -312,6 +312,30 @@ def test_status_subresource_isolation_and_generation(emu, api):
     assert out.metadata.generation == 2
 
 
+def test_a_node_keeps_the_status_it_is_created_with_but_an_update_does_not_change_it(emu, api):
+    # what the kubelet relies on when it registers: its addresses arrive with the Node itself
+    core = client.CoreV1Api(api)
+    core.create_node({"metadata": {"name": "n1"}, "status": {
+        "addresses": [{"type": "InternalIP", "address": "203.0.113.7"}]}})
+    node = core.read_node("n1")
+    assert [(a.type, a.address) for a in node.status.addresses] == [("InternalIP", "203.0.113.7")]
+    node.status.addresses = []
+    core.replace_node("n1", node)
+    assert core.read_node("n1").status.addresses[0].address == "203.0.113.7"
+
+
+def test_a_status_write_against_an_old_version_is_refused_so_a_controller_cannot_lose_a_kubelets_write(emu, api):
+    core = client.CoreV1Api(api)
+    core.create_node({"metadata": {"name": "n1"}, "status": {"conditions": []}})
+    read = emu.store.get("v1", "Node", "n1")          # what a controller listed
+    core.patch_node_status("n1", {"status": {"addresses": [{"type": "InternalIP", "address": "203.0.113.7"}]}})
+    with pytest.raises(ApiError) as refused:
+        emu.store.set_status("v1", "Node", "n1", {"conditions": []},
+                             resource_version=read["metadata"]["resourceVersion"])
+    assert refused.value.code == 409
+    assert core.read_node("n1").status.addresses[0].address == "203.0.113.7"
+
+
 # ---- CRDs ------------------------------------------------------------------------------------
 
 def test_crd_registration_then_custom_objects(emu, api, dyn):

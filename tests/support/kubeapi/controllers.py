@@ -16,6 +16,7 @@ import time
 import uuid
 
 from . import calico_system
+from .errors import ApiError
 from .store import now
 
 log = logging.getLogger(__name__)
@@ -400,8 +401,14 @@ class FakeCluster:
         if _same(old, status):
             return
         md = obj["metadata"]
-        self.store.set_status(api_version, kind, md["name"], _keep_times(old, status), md.get("namespace"),
-                              manager=f"fake-{kind.lower()}-controller")
+        try:  # against the version read, as a real controller does: a status another client wrote meanwhile
+            # (a kubelet's addresses) is not overwritten; the next pass works from the new version
+            self.store.set_status(api_version, kind, md["name"], _keep_times(old, status), md.get("namespace"),
+                                  manager=f"fake-{kind.lower()}-controller",
+                                  resource_version=md.get("resourceVersion"))
+        except ApiError as e:
+            if e.code != 409:
+                raise
 
     def event(self, obj: dict, reason: str, message: str, type_: str = "Warning",
               component: str = "fake-controller") -> dict:

@@ -264,7 +264,10 @@ class Store:
             if self._cur(res, ns, name) is not None:
                 raise already_exists(res, name)
             obj["apiVersion"], obj["kind"] = res.api_version, res.kind
-            if res.status and not keep_status:
+            # a Node keeps the status it is created with: the kubelet registers its addresses that way
+            # (kubernetes pkg/registry/core/node/strategy.go: "Nodes allow *all* fields, including status,
+            # to be set on create")
+            if res.status and not keep_status and res.gk != ("", "nodes"):
                 obj.pop("status", None)
             for k in ("resourceVersion", "deletionTimestamp", "managedFields", "selfLink"):
                 md.pop(k, None)
@@ -763,12 +766,13 @@ class Store:
                                   manager=manager))
 
     def set_status(self, api_version: str, kind: str, name: str, status: dict, namespace: str | None = None,
-                   manager: str = "emulator-store") -> dict:
-        """Replace the whole status through the /status subresource (spec and metadata untouched)."""
+                   manager: str = "emulator-store", resource_version: str | None = None) -> dict:
+        """Replace the whole status through the /status subresource (spec and metadata untouched); with
+        `resource_version`, only if the object is still that version (else a 409, as for any client)."""
         res = self.res(api_version, kind)
         if res.status:
-            return M.clone(self.replace(res, namespace, name, {"status": status}, subresource="status",
-                                        manager=manager))
+            body = {"status": status, "metadata": {"resourceVersion": resource_version} if resource_version else {}}
+            return M.clone(self.replace(res, namespace, name, body, subresource="status", manager=manager))
         with self.lock:
             cur = self.get_obj(res, namespace, name)
             cur["status"] = status
