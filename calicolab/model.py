@@ -444,7 +444,8 @@ def _size_bytes(value: Any) -> int:
     return int(float(match.group(1)) * _SIZE_FACTORS[(match.group(2) or "").upper() or None])
 
 
-def _check_vms(check: _Checker) -> dict[str, VM]:
+def _check_vms(check: _Checker) -> tuple[dict[str, VM], dict[str, dict[str, Any]]]:
+    """The VMs whose every value is valid, and each VM's values that parsed (for the network checks)."""
     lab_ips = check.per_vm("lab_ips")
     mgmt_ips = check.per_vm("mgmt_ips")
     cpus = check.per_vm("vm_cpus")
@@ -515,20 +516,12 @@ def _check_vms(check: _Checker) -> dict[str, VM]:
                 memory=values["vm_memory"],
                 disk=values["vm_disk"],
             )
-    return vms
+    return vms, parsed
 
 
-def _addresses(data: Mapping[str, Any], key: str) -> dict[str, ipaddress.IPv4Address]:
-    """The parseable addresses of ``lab_ips``/``mgmt_ips`` (bad ones are reported elsewhere)."""
-    found = {}
-    values = data.get(key)
-    if isinstance(values, Mapping):
-        for name in VM_NAMES:
-            try:
-                found[name] = ipaddress.IPv4Address(str(values[name]))
-            except (KeyError, ValueError):
-                pass
-    return found
+def _addresses(parsed: dict[str, dict[str, Any]], key: str) -> dict[str, ipaddress.IPv4Address]:
+    """The addresses of ``lab_ips``/``mgmt_ips`` that ``_check_vms`` parsed, in VM order (it reported the bad ones)."""
+    return {name: values[key] for name, values in parsed.items() if key in values}
 
 
 def _common_network(check: _Checker, key: str, addresses: dict, prefix: int | None, example: str):
@@ -543,9 +536,9 @@ def _common_network(check: _Checker, key: str, addresses: dict, prefix: int | No
     return network
 
 
-def _check_networks(check: _Checker, settings: dict[str, Any], data: Mapping[str, Any]):
-    lab_network = _common_network(check, "lab_ips", _addresses(data, "lab_ips"), settings.get("lab_prefix"), "198.19.0.0/20")
-    mgmt_network = _common_network(check, "mgmt_ips", _addresses(data, "mgmt_ips"), settings.get("mgmt_prefix"), "10.255.255.0/24")
+def _check_networks(check: _Checker, settings: dict[str, Any], parsed: dict[str, dict[str, Any]]):
+    lab_network = _common_network(check, "lab_ips", _addresses(parsed, "lab_ips"), settings.get("lab_prefix"), "198.19.0.0/20")
+    mgmt_network = _common_network(check, "mgmt_ips", _addresses(parsed, "mgmt_ips"), settings.get("mgmt_prefix"), "10.255.255.0/24")
 
     cluster = settings.get("cluster_cidr")
     service = settings.get("service_cidr")
@@ -649,8 +642,8 @@ def _validate(data: Mapping[str, Any], project_dir: Path) -> dict[str, Any]:
 
     _check_versions(check, s)
     _check_tool_skew(check, s)
-    vms = _check_vms(check)
-    lab_network, mgmt_network = _check_networks(check, s, data)
+    vms, parsed = _check_vms(check)
+    lab_network, mgmt_network = _check_networks(check, s, parsed)
 
     if check.problems:
         raise LabConfigError(check.problems)
