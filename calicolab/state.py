@@ -171,25 +171,15 @@ class SecretFilter(logging.Filter):
 SECRET_FILTER = SecretFilter()
 
 
-def register_secret(secret: str | bytes | None) -> None:
-    """Register a value that must never appear in log output."""
-
-    SECRET_FILTER.add(secret)
-
-
-def install_secret_filter(target: logging.Logger | None = None) -> SecretFilter:
-    """Install :data:`SECRET_FILTER` on pyinfra's logger and on its handlers (idempotent).
+def install_secret_filter() -> SecretFilter:
+    """Install :data:`SECRET_FILTER` on pyinfra's loggers and on their handlers (idempotent).
 
     A filter on a logger only sees records logged through that very logger; the handlers'
     filter also covers records propagated from child loggers (``pyinfra.api...``). Call it from
     the deploy (after pyinfra's CLI set up its handlers) and again whenever handlers change.
     """
 
-    target = target or logging.getLogger("pyinfra")
-    loggers = [target]
-    if target.name == "pyinfra":
-        loggers.append(logging.getLogger("pyinfra_cli"))
-    for each in loggers:
+    for each in (logging.getLogger("pyinfra"), logging.getLogger("pyinfra_cli")):
         if SECRET_FILTER not in each.filters:
             each.addFilter(SECRET_FILTER)
         for handler in each.handlers:
@@ -441,7 +431,7 @@ class LabState:
                 f"{self.token_path} does not contain a valid k3s token; remove it only if the "
                 "cluster is recreated too (the servers keep the old token)"
             )
-        register_secret(token)
+        SECRET_FILTER.add(token)
         return token
 
     def cluster_token(self) -> str:
@@ -455,7 +445,7 @@ class LabState:
         if token is not None:
             return token
         token = _secrets.token_hex(TOKEN_BYTES)
-        register_secret(token)
+        SECRET_FILTER.add(token)
         temp = self._write_temp(TOKEN_FILE, (token + "\n").encode())
         try:
             os.link(temp, self.token_path)
@@ -529,4 +519,4 @@ def register_kubeconfig_secrets(data: str | bytes) -> None:
     if isinstance(data, bytes):
         data = data.decode("utf-8", "replace")
     for match in _KUBECONFIG_SECRET_RE.finditer(data):
-        register_secret(match.group(1))
+        SECRET_FILTER.add(match.group(1))
