@@ -259,7 +259,7 @@ class LabState:
             raise StateError(problem)
         marker = self.path / MARKER_FILE
         if not marker.exists():
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
             with os.fdopen(fd, "w") as f:
                 f.write(MARKER_TEXT)
         current = stat.S_IMODE(self.path.stat().st_mode)
@@ -311,7 +311,7 @@ class LabState:
     def lock_holder(self) -> dict[str, str] | None:
         """The run holding the lock (``{"pid", "started"}``), or None. Never creates anything."""
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return None
         try:
@@ -332,7 +332,7 @@ class LabState:
         ``flock``, so the kernel releases it when this process ends, however it ends; keep ``fd`` open.
         """
         self.ensure()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -367,7 +367,7 @@ class LabState:
 
         path = self._file(name)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -382,11 +382,7 @@ class LabState:
     def _write_temp(self, name: str, data: bytes) -> Path:
         self.ensure()
         temp = self.path / f".{name}.{_secrets.token_hex(6)}.tmp"
-        fd = os.open(
-            temp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-            FILE_MODE,
-        )
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), FILE_MODE)  # umask-proof
