@@ -160,8 +160,7 @@ def render_all(lab: Lab) -> dict[str, str]:
     files: dict[str, str] = {}
     for name in lab.vms:
         files[f"cloud-init/{name}.yaml"] = render_cloud_init(lab, name)
-    files["k3s/control-config.yaml"] = render_k3s_config(lab, "control")
-    for vm in lab.agents:
+    for vm in (lab.server, *lab.agents):
         files[f"k3s/{vm.name}-config.yaml"] = render_k3s_config(lab, vm.name)
     files["bird/bird.conf"] = render_bird_conf(lab)
     files["host1/profile.sh"] = render_profile(lab)
