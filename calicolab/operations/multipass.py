@@ -66,6 +66,22 @@ def _workstation_instances(multipass_bin: str) -> dict[str, Any]:
 # --- callbacks (run at execution time only) ----------------------------------------------------
 
 
+def _failure(result: mp.ProcessResult | BaseException) -> mp.MultipassFailure | None:
+    """None when a ``run_parallel`` call succeeded, else what failed (kind ``not-installed``: no client)."""
+    if isinstance(result, FileNotFoundError):
+        return mp.MultipassFailure("not-installed", str(result))
+    if isinstance(result, BaseException):
+        return mp.MultipassFailure("other", str(result))
+    return None if result.ok else mp.classify_error(result.returncode, result.stdout, result.stderr)
+
+
+def _log_failure(host, action: str, name: str, failure: mp.MultipassFailure, multipass_bin: str) -> None:
+    if failure.kind == "not-installed":
+        host.log(mp.not_installed_hint(multipass_bin), log_func=logger.error)
+    else:
+        host.log(mp.explain_failure(action, name, failure, multipass_bin), log_func=logger.error)
+
+
 def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, launch_timeout: int) -> bool:
     """Launch every spec at the same time (one ``multipass launch`` process each) and wait for all."""
     names = [spec.name for spec in specs]
@@ -83,25 +99,14 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
     ok = True
     timed_out: list[str] = []
     for name in names:
-        result = results[name]
-        if isinstance(result, FileNotFoundError):
-            host.log(mp.not_installed_hint(multipass_bin), log_func=logger.error)
-            ok = False
-            continue
-        if isinstance(result, BaseException):
-            failure = mp.MultipassFailure("other", str(result))
-            host.log(mp.explain_failure("launch", name, failure, multipass_bin), log_func=logger.error)
-            ok = False
-            continue
-        if result.ok:
+        failure = _failure(results[name])
+        if failure is None:
             host.log(f"Launched {name}")
-            continue
-        failure = mp.classify_error(result.returncode, result.stdout, result.stderr)
-        if failure.kind == "timeout":
+        elif failure.kind == "timeout":
             timed_out.append(name)
-            continue
-        host.log(mp.explain_failure("launch", name, failure, multipass_bin), log_func=logger.error)
-        ok = False
+        else:
+            _log_failure(host, "launch", name, failure, multipass_bin)
+            ok = False
 
     if timed_out:
         # canonical/multipass#1757: launch can give up while the VM is fine and cloud-init still runs
@@ -148,22 +153,12 @@ def _run_each(state, host, action: str, names: list[str], multipass_bin: str, ti
     results = mp.run_parallel(jobs, timeout=timeout + 60)
     ok = True
     for name in names:
-        result = results[name]
-        if isinstance(result, FileNotFoundError):
-            host.log(mp.not_installed_hint(multipass_bin), log_func=logger.error)
-            ok = False
-        elif isinstance(result, BaseException):
-            failure = mp.MultipassFailure("other", str(result))
-            host.log(mp.explain_failure(action, name, failure, multipass_bin), log_func=logger.error)
-            ok = False
-        elif not result.ok:
-            failure = mp.classify_error(result.returncode, result.stdout, result.stderr)
-            if action == "delete" and failure.kind == "does-not-exist":
-                continue  # already gone: that is what we wanted
-            host.log(mp.explain_failure(action, name, failure, multipass_bin), log_func=logger.error)
-            ok = False
-        else:
+        failure = _failure(results[name])
+        if failure is None:
             host.log(f"{action}: {name} done")
+        elif not (action == "delete" and failure.kind == "does-not-exist"):  # already gone: what we wanted
+            _log_failure(host, action, name, failure, multipass_bin)
+            ok = False
     return ok
 
 
