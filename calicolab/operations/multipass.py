@@ -36,11 +36,7 @@ PROBE_TIMEOUT = 60
 
 
 def _bin(multipass_bin: str | None) -> str:
-    if multipass_bin:
-        return multipass_bin
-    data = getattr(host, "data", None)
-    value = data.get("multipass_bin") if data is not None else None
-    return value or mp.DEFAULT_BIN
+    return multipass_bin or host.data.get("multipass_bin") or mp.DEFAULT_BIN
 
 
 def _log(message: str, error: bool = False) -> None:
@@ -53,12 +49,9 @@ def _workstation_instances(multipass_bin: str) -> dict[str, Any]:
     Raises ``mp.MultipassUnavailable`` when there is no ``@local`` host and Multipass does not answer.
     """
     local = host
-    if getattr(host, "name", "@local") != "@local":
-        inventory = getattr(state, "inventory", None)
-        local_host = inventory.get_host("@local", None) if inventory is not None else None
-        if local_host is not None:
-            local = local_host
-        else:  # no @local in the inventory: ask Multipass directly
+    if host.name != "@local":
+        local = state.inventory.get_host("@local", None)
+        if local is None:  # no @local in the inventory: ask Multipass directly
             return mp.list_instances(multipass_bin)
     return local.get_fact(MultipassInstances, multipass_bin=multipass_bin) or {}
 
