@@ -190,45 +190,6 @@ def _wait_answering(state, host, names: list[str], multipass_bin: str, timeout: 
 # --- operations --------------------------------------------------------------------------------
 
 
-def _instances_commands(specs: list[mp.InstanceSpec], multipass_bin, launch_timeout):
-    names = [spec.name for spec in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate instance names in {names}")
-    current = host.get_fact(MultipassInstances, multipass_bin=multipass_bin) or {}
-    plan = mp.plan_instances(names, current)
-
-    if not plan.changes:
-        host.noop(f"Multipass instances {', '.join(names)} are running")
-        return
-
-    by_name = {spec.name: spec for spec in specs}
-    if not state.is_executing:  # at execution time the last command reports them
-        for name, problem in plan.errors.items():
-            _log(problem, error=True)
-    if print_once():
-        for name in plan.launch:
-            _log(f"{name} will be launched ({by_name[name].image}, {by_name[name].cpus} CPU, "
-                 f"{by_name[name].memory} memory, {by_name[name].disk} disk)")
-            if state.config.DIFF:
-                for line in by_name[name].cloud_init.splitlines():
-                    logger.info(f"    {name} cloud-init + {line}")
-        for name in plan.start:
-            _log(f"{name} is {current[name]['state']}: it will be started")
-
-    if plan.launch:
-        yield FunctionCommand(
-            _launch_all, ([by_name[n] for n in plan.launch], multipass_bin, launch_timeout), {}
-        )
-    if plan.start:
-        yield FunctionCommand(_run_each, ("start", plan.start, multipass_bin, launch_timeout), {})
-        yield FunctionCommand(_wait_answering, (plan.start, multipass_bin, launch_timeout), {})
-    if plan.cancel_stop:
-        yield FunctionCommand(_run_each, ("cancel-stop", plan.cancel_stop, multipass_bin, 120), {})
-    if plan.errors:
-        # after the others were launched/started: one broken VM does not block the rest
-        yield FunctionCommand(fail_with("\n".join(plan.errors.values())), (), {})
-
-
 @operation()
 def instances(
     specs: list[mp.InstanceSpec | Mapping[str, Any]],
@@ -265,7 +226,43 @@ def instances(
         )
     """
     specs = [mp.InstanceSpec.coerce(spec) for spec in specs]
-    yield from _instances_commands(specs, _bin(multipass_bin), launch_timeout)
+    multipass_bin = _bin(multipass_bin)
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate instance names in {names}")
+    current = host.get_fact(MultipassInstances, multipass_bin=multipass_bin) or {}
+    plan = mp.plan_instances(names, current)
+
+    if not plan.changes:
+        host.noop(f"Multipass instances {', '.join(names)} are running")
+        return
+
+    by_name = {spec.name: spec for spec in specs}
+    if not state.is_executing:  # at execution time the last command reports them
+        for name, problem in plan.errors.items():
+            _log(problem, error=True)
+    if print_once():
+        for name in plan.launch:
+            _log(f"{name} will be launched ({by_name[name].image}, {by_name[name].cpus} CPU, "
+                 f"{by_name[name].memory} memory, {by_name[name].disk} disk)")
+            if state.config.DIFF:
+                for line in by_name[name].cloud_init.splitlines():
+                    logger.info(f"    {name} cloud-init + {line}")
+        for name in plan.start:
+            _log(f"{name} is {current[name]['state']}: it will be started")
+
+    if plan.launch:
+        yield FunctionCommand(
+            _launch_all, ([by_name[n] for n in plan.launch], multipass_bin, launch_timeout), {}
+        )
+    if plan.start:
+        yield FunctionCommand(_run_each, ("start", plan.start, multipass_bin, launch_timeout), {})
+        yield FunctionCommand(_wait_answering, (plan.start, multipass_bin, launch_timeout), {})
+    if plan.cancel_stop:
+        yield FunctionCommand(_run_each, ("cancel-stop", plan.cancel_stop, multipass_bin, 120), {})
+    if plan.errors:
+        # after the others were launched/started: one broken VM does not block the rest
+        yield FunctionCommand(fail_with("\n".join(plan.errors.values())), (), {})
 
 
 @operation()
