@@ -88,8 +88,7 @@ def bin_argv(multipass_bin: str | None) -> list[str]:
     return argv
 
 
-def shell_join(argv: Sequence[str]) -> str:
-    return " ".join(shlex.quote(str(arg)) for arg in argv)
+shell_join = shlex.join  # an argv as one shell command line
 
 
 def version_argv(multipass_bin: str | None = None) -> list[str]:
