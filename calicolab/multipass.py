@@ -173,28 +173,17 @@ def upload_temp_path(remote_filename: str, token: str) -> str:
 
 
 def stdin_to_bytes(stdin: Any) -> bytes | None:
-    """Convert pyinfra's ``_stdin`` (str, bytes, list of lines, file object) into bytes.
+    """Convert pyinfra's ``_stdin`` (bytes, or text: a str, a list of lines, a file object) into bytes.
 
-    Same semantics as ``pyinfra.connectors.util.write_stdin``: every text line ends with a newline.
+    Text is handled as ``pyinfra.connectors.util.write_stdin`` does: every line ends with a newline.
     """
-    if stdin is None:
-        return None
-    if isinstance(stdin, (bytes, bytearray)):
-        return bytes(stdin)
+    if stdin is None or isinstance(stdin, bytes):
+        return stdin
     if hasattr(stdin, "readlines"):
         stdin = stdin.readlines()
     if not isinstance(stdin, (list, tuple)):
         stdin = [stdin]
-    chunks = []
-    for line in stdin:
-        if isinstance(line, (bytes, bytearray)):
-            chunks.append(bytes(line) if bytes(line).endswith(b"\n") else bytes(line) + b"\n")
-            continue
-        line = str(line)
-        if not line.endswith("\n"):
-            line += "\n"
-        chunks.append(line.encode())
-    return b"".join(chunks)
+    return "".join(line if line.endswith("\n") else f"{line}\n" for line in stdin).encode()
 
 
 # --- parsing --------------------------------------------------------------------------------
