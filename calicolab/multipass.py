@@ -530,7 +530,6 @@ class InstancesPlan:
     launch: list[str] = field(default_factory=list)
     start: list[str] = field(default_factory=list)
     cancel_stop: list[str] = field(default_factory=list)
-    ok: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -555,11 +554,9 @@ def plan_instances(names: Iterable[str], instances: Mapping[str, Mapping[str, An
         problem = state_problem(name, state)
         if problem:
             plan.errors[name] = problem
-        elif state == RUNNING:
-            plan.ok.append(name)
         elif state == "Delayed Shutdown":
             plan.cancel_stop.append(name)
-        else:  # Stopped, Suspended, Suspending, Starting, Restarting, anything new
+        elif state != RUNNING:  # Stopped, Suspended, Suspending, Starting, Restarting, anything new
             plan.start.append(name)
     return plan
 
