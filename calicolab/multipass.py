@@ -148,21 +148,15 @@ def start_argv(multipass_bin: str | None, names: Iterable[str], timeout: int | N
     return argv + [check_instance_name(n) for n in names]
 
 
-def stop_argv(multipass_bin: str | None, names: Iterable[str], cancel: bool = False) -> list[str]:
-    argv = [*bin_argv(multipass_bin), "stop"]
-    if cancel:
-        argv.append("--cancel")
-    return argv + [check_instance_name(n) for n in names]
+def cancel_stop_argv(multipass_bin: str | None, names: Iterable[str]) -> list[str]:
+    return [*bin_argv(multipass_bin), "stop", "--cancel", *(check_instance_name(n) for n in names)]
 
 
-def delete_argv(multipass_bin: str | None, names: Iterable[str], purge: bool = True) -> list[str]:
+def delete_argv(multipass_bin: str | None, names: Iterable[str]) -> list[str]:
     names = [check_instance_name(n) for n in names]
     if not names:
         raise ValueError("refusing to build `multipass delete` without instance names")
-    argv = [*bin_argv(multipass_bin), "delete"]
-    if purge:
-        argv.append("--purge")
-    return argv + names
+    return [*bin_argv(multipass_bin), "delete", "--purge", *names]
 
 
 def upload_temp_path(remote_filename: str, token: str) -> str:

@@ -139,8 +139,8 @@ def _run_each(state, host, action: str, names: list[str], multipass_bin: str, ti
     """Run ``multipass <action> NAME`` for every name at the same time; report each failure."""
     builders = {
         "start": lambda name: mp.start_argv(multipass_bin, [name], timeout=timeout),
-        "cancel-stop": lambda name: mp.stop_argv(multipass_bin, [name], cancel=True),
-        "delete": lambda name: mp.delete_argv(multipass_bin, [name], purge=True),
+        "cancel-stop": lambda name: mp.cancel_stop_argv(multipass_bin, [name]),
+        "delete": lambda name: mp.delete_argv(multipass_bin, [name]),
     }
     jobs = {name: (builders[action](name), None) for name in names}
     results = mp.run_parallel(jobs, timeout=timeout + 60)
