@@ -558,12 +558,8 @@ def plan_instances(names: Iterable[str], instances: Mapping[str, Mapping[str, An
 # --- local processes --------------------------------------------------------------------------
 
 
-@dataclass
-class ProcessResult:
-    argv: list[str]
-    returncode: int
-    stdout: bytes
-    stderr: bytes
+class ProcessResult(gsubprocess.CompletedProcess):
+    """A finished local process: ``args``, ``returncode``, ``stdout`` and ``stderr`` (bytes)."""
 
     @property
     def ok(self) -> bool:
