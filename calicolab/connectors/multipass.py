@@ -73,14 +73,10 @@ class MultipassConnectorData(ConnectorData, total=False):
     multipass_exec_timeout: Union[int, float, str]  # noqa: UP007 - typeguard checks this at runtime
 
 
-def _output(stdout: bytes | str = b"", stderr: bytes | str = b"") -> CommandOutput:
-    lines: list[OutputLine] = []
-    for name, data in (("stdout", stdout), ("stderr", stderr)):
-        if isinstance(data, bytes):
-            data = data.decode("utf-8", "replace")
-        if data:
-            lines.extend(OutputLine(name, line) for line in data.splitlines())
-    return CommandOutput(lines)
+def _output(result: mp.ProcessResult) -> CommandOutput:
+    return CommandOutput(
+        [OutputLine(name, line) for name in ("stdout", "stderr") for line in result.text(name).splitlines()]
+    )
 
 
 @dataclass
@@ -218,16 +214,10 @@ class MultipassConnector(BaseConnector):
     @override
     def connect(self) -> None:
         state = self._read_state(connecting=True)
-        if state is None:
-            logger.warning(
-                f"{self.host.print_prefix}{self.instance} does not exist yet: "
-                "operations will be planned as if it were new",
-            )
-        elif state != mp.RUNNING:
-            logger.warning(
-                f"{self.host.print_prefix}{self.instance} is {state}: "
-                "operations will be planned as if it were new",
-            )
+        if state != mp.RUNNING:
+            now = "does not exist yet" if state is None else f"is {state}"
+            logger.warning(f"{self.host.print_prefix}{self.instance} {now}: "
+                           "operations will be planned as if it were new")
 
     @override
     def disconnect(self) -> None:
@@ -278,7 +268,7 @@ class MultipassConnector(BaseConnector):
                 echo(f"{self.host.print_prefix}>>> {unix_command}", err=True)
 
             result = mp.run_process(argv, stdin=stdin, timeout=timeout)
-            output = _output(result.stdout, result.stderr)
+            output = _output(result)
             if print_output:
                 for line in output:
                     echo(f"{self.host.print_prefix}{line.line}", err=True)
@@ -286,11 +276,7 @@ class MultipassConnector(BaseConnector):
 
         return_code, output = execute_command_with_sudo_retry(self.host, arguments, execute_command)
 
-        if success_exit_codes:
-            status = return_code in success_exit_codes
-        else:
-            status = return_code == 0
-        return status, output
+        return return_code in (success_exit_codes or (0,)), output
 
     @override
     def put_file(
