@@ -197,18 +197,6 @@ class MultipassConnector(BaseConnector):
             return None
         return VmNotRunning.of(self.instance, self.host.connector_data.get("multipass_state"))
 
-    def _carry(self, argv: list[str], what: str, stdin: bytes | None = None, timeout=None) -> bytes | None:
-        """Run a ``multipass exec`` that carries a file's bytes; its stdout, or None (logged) on failure."""
-        try:
-            result = mp.run_process(argv, stdin=stdin, timeout=self._exec_timeout(timeout))
-        except TimeoutError as e:
-            self.host.log(f"{what} timed out: {e}", log_func=logger.error)
-            return None
-        if result.returncode != 0:
-            self.host.log(f"{what} failed: {mp.clean_message(result.stdout, result.stderr)}", log_func=logger.error)
-            return None
-        return result.stdout
-
     # --- connector API -------------------------------------------------------------------------
 
     @override
@@ -353,17 +341,23 @@ class MultipassConnector(BaseConnector):
         argv = mp.exec_argv(self.multipass_bin, self.instance, unix_command.get_raw_value())
         if print_input:
             echo(f"{self.host.print_prefix}>>> {unix_command}", err=True)
-        content = self._carry(argv, f"download of {remote_filename}", timeout=control.get("_timeout"))
-        if content is None:
+        try:
+            result = mp.run_process(argv, timeout=self._exec_timeout(control.get("_timeout")))
+        except TimeoutError as e:
+            self.host.log(f"download of {remote_filename} timed out: {e}", log_func=logger.error)
+            return False
+        if not result.ok:
+            self.host.log(f"download of {remote_filename} failed: {mp.clean_message(result.stdout, result.stderr)}",
+                          log_func=logger.error)
             return False
 
         if isinstance(filename_or_io, str):
             with open(filename_or_io, "wb") as file_io:
-                file_io.write(content)
+                file_io.write(result.stdout)
         elif isinstance(filename_or_io, io.TextIOBase):
-            filename_or_io.write(content.decode("utf-8", "replace"))
+            filename_or_io.write(result.text())
         else:
-            filename_or_io.write(content)
+            filename_or_io.write(result.stdout)
 
         if print_output:
             echo(f"{self.host.print_prefix}file downloaded: {remote_filename}", err=True)
