@@ -22,10 +22,6 @@ BOOT_FINISHED_PATH = "/var/lib/cloud/instance/boot-finished"
 FINGERPRINT_MISSING = "no-calicolab-fingerprint"
 
 
-def _bin(multipass_bin: str | None) -> str:
-    return mp.shell_join(mp.bin_argv(multipass_bin))
-
-
 class MultipassInstances(FactBase):
     """
     Returns every Multipass instance and its state, from ``multipass list --format json``.
@@ -54,7 +50,7 @@ class MultipassInstances(FactBase):
 
     @override
     def command(self, multipass_bin: str = mp.DEFAULT_BIN) -> str:
-        return f"{_bin(multipass_bin)} list --format json"
+        return mp.shell_join(mp.list_argv(multipass_bin))
 
     @override
     def process(self, output):
