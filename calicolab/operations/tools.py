@@ -33,29 +33,22 @@ def _fetch_all(cache: DownloadCache, items: list[Download]) -> list[CachedFile]:
     return [result_of(job.value) for job in jobs]
 
 
-def _fetch_quietly(cache: DownloadCache, item: Download) -> None:
-    try:
-        cache.fetch(item)
-    except DownloadError:
-        pass  # the step that installs the file downloads it again and reports the cause
-
-
 def _start(state, host, cache: DownloadCache, items: list[Download]) -> bool:
     for item in items:
-        gevent.spawn(_fetch_quietly, cache, item)
+        # a failure is dropped: the step that installs the file downloads it again and reports the cause
+        gevent.spawn(outcome, cache.fetch, item)
     return True
 
 
 @operation(is_idempotent=True)
-def downloads_started(files: list[Download], cache_dir: str | None = None):
+def downloads_started(files: list[Download]):
     """
     Start the downloads the VMs will need into the workstation cache, in the background, so they
     overlap the VMs' launch. Run it on the workstation, before the launch.
 
     + files: the :class:`calicolab.downloads.Download` items
-    + cache_dir: the cache folder (default: :meth:`DownloadCache.default`)
 
-    Returns at once. :func:`downloads_installed` later waits for a download still under way, and
+    Into :meth:`DownloadCache.default`, the cache the deploy installs from. Returns at once. :func:`downloads_installed` later waits for a download still under way, and
     downloads (and reports) again one that failed here.
 
     **Example:**
@@ -65,7 +58,7 @@ def downloads_started(files: list[Download], cache_dir: str | None = None):
         tools.downloads_started(name="Downloads for the VMs", files=[Download(url, checksum_url)])
     """
 
-    cache = DownloadCache(cache_dir) if cache_dir else DownloadCache.default()
+    cache = DownloadCache.default()
     missing = [item for item in files if cache.cached(item) is None]
     if not missing:
         host.noop(f"all downloads are in {cache.root}")
