@@ -26,11 +26,10 @@ from pyinfra.operations import files
 from calicolab.constants import K3S_KUBECONFIG_PATH, K3S_TOKEN_PATH
 from calicolab.downloads import Download, workstation_arch
 from calicolab.facts.k3s import K3S_BIN, K3sApiReadyz, K3sNodes, RewrittenFileSha256, node_names
-from calicolab.operations.common import fail_with
+from calicolab.operations.common import fail_with, print_once
 from calicolab.polling import Check, Transient, poll
 from calicolab.state import LabState, SecretSource, StateError, register_kubeconfig_secrets
 
-ROLES = ("server", "agent")
 #: where the k3s installer is copied in the VMs (beside the scripts it writes itself)
 INSTALLER_PATH = "/usr/local/bin/k3s-install.sh"
 #: the systemd unit k3s' installer writes for each role
@@ -66,8 +65,8 @@ def installer_command(role: str, server_url: str | None = None) -> str:
     flag lives in ``/etc/rancher/k3s/config.yaml``.
     """
 
-    if role not in ROLES:
-        raise ValueError(f"k3s role must be one of {ROLES}, not {role!r}")
+    if role not in UNITS:
+        raise ValueError(f"k3s role must be one of {tuple(UNITS)}, not {role!r}")
     env = ["INSTALL_K3S_SKIP_DOWNLOAD=true"]
     if role == "agent":
         if not server_url or not server_url.startswith("https://"):
@@ -82,18 +81,6 @@ def rewrite_kubeconfig(text: str, server: str) -> str:
     :class:`~calicolab.facts.k3s.RewrittenFileSha256` fact's ``sed``)."""
 
     return re.sub(r"(?m)^([ \t]*)server:[ \t].*$", lambda m: f"{m.group(1)}server: {server}", text)
-
-
-def _as_source(content) -> SecretSource:
-    if isinstance(content, SecretSource):
-        return content
-    if callable(content):
-        def value() -> bytes:
-            data = content()
-            return data.encode() if isinstance(data, str) else data
-
-        return SecretSource("a secret", peek=value, ensure=value)
-    raise TypeError("secret_file content must be a SecretSource or a callable (never the secret itself)")
 
 
 # --- secrets ----------------------------------------------------------------------------
@@ -116,7 +103,7 @@ def _secret_commands(dest: str, data: bytes, mode: str, user: str, group: str):
     if content_same and meta_same:
         host.noop(f"{dest} is up to date")
         return
-    if state.config.DIFF and not content_same and not (state.is_executing and state.should_check_for_changes()):
+    if state.config.DIFF and not content_same and print_once():
         verb = "modify" if remote else "create"
         host.log(f"Will {verb} {format_text(dest, bold=True)} (content is secret, not shown)", logger.info)
     if not content_same:
@@ -139,8 +126,8 @@ def secret_file(path: str, content, mode: str = "0600", user: str = "root", grou
     Upload a local secret to a remote file, only when the remote sha256 differs; never shows it.
 
     + path: the remote file
-    + content: a :class:`calicolab.state.SecretSource` (or a callable returning str/bytes); never
-      the secret itself, so the value stays out of operation names, arguments and ``--json``
+    + content: a :class:`calicolab.state.SecretSource`; never the secret itself, so the value stays
+      out of operation names, arguments and ``--json``
     + mode / user / group: the remote file's permissions (default 0600 root:root)
 
     No diff, not even with ``--diff``: only "will create/modify <path> (content is secret)".
@@ -160,18 +147,19 @@ def secret_file(path: str, content, mode: str = "0600", user: str = "root", grou
         )
     """
 
-    source = _as_source(content)
+    if not isinstance(content, SecretSource):
+        raise TypeError("secret_file content must be a SecretSource (never the secret itself)")
     if state.is_executing:
         try:
-            data = source.ensure()
+            data = content.ensure()
         except (StateError, OSError) as e:
-            yield FunctionCommand(fail_with(f"{source.description} for {path}: {e}"), (), {})
+            yield FunctionCommand(fail_with(f"{content.description} for {path}: {e}"), (), {})
             return
     else:
-        data = source.peek()
+        data = content.peek()
         if data is None:
-            host.log(f"{source.missing or 'will create ' + source.description}; will upload it to {path}")
-            yield FunctionCommand(fail_with(f"{source.description} is not available"), (), {})
+            host.log(f"{content.missing or 'will create ' + content.description}; will upload it to {path}")
+            yield FunctionCommand(fail_with(f"{content.description} is not available"), (), {})
             return
 
     yield from _secret_commands(path, data, mode, user, group)
