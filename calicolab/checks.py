@@ -15,7 +15,7 @@ import ipaddress
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from calicolab.constants import AGENTS, CLIENT, SERVER
@@ -209,19 +209,16 @@ def probe_sections(lab, name: str) -> dict[str, str]:
     return sections
 
 
-def client_probe() -> str:
-    """The script user ``ubuntu`` runs in a login shell on host1 (its profile sets KUBECONFIG etc.)."""
-    return sectioned_script({
+def client_command() -> str:
+    """host1's user check: a script user ``ubuntu`` runs in a login shell (run with sudo; its profile
+    sets KUBECONFIG etc.)."""
+    probe = sectioned_script({
         "kubectl_version": "kubectl version --client -o json",
         "kubectl_nodes": "kubectl get nodes -o name --request-timeout=20s",
         "calicoctl_version": "timeout 20 calicoctl version",
         "calicoctl_pools": "calicoctl get ippools --allow-version-mismatch -o wide",
     })
-
-
-def client_command() -> str:
-    """host1's user check: a login shell of ``ubuntu`` (run with sudo)."""
-    return f"sudo -u ubuntu -H bash -lc {shlex.quote(client_probe())}"
+    return f"sudo -u ubuntu -H bash -lc {shlex.quote(probe)}"
 
 
 def yaobank_url(lab) -> str:
@@ -265,15 +262,14 @@ def vm_state_rows(lab, instances: dict[str, dict] | None, error: str = "") -> li
 
 
 def not_checked_rows(lab, name: str, why: str) -> list[Row]:
-    """The per-VM rows of a VM that could not be looked into, failing with the reason."""
-    rows = [Row(_vm_order(lab, name, 1), f"{name}: lab and management addresses", False, why, f"multipass start {name}")]
+    """The per-VM rows of a VM that could not be looked into (its addresses, its k3s unit, host1's
+    BIRD), failing with the reason."""
+    rows = [address_row(lab, name, "")]
     if k3s_unit(name):
-        rows.append(Row(_vm_order(lab, name, 0, K3S), f"{name}: {k3s_unit(name)} active", False, why,
-                        f"multipass start {name}"))
+        rows.append(k3s_row(lab, name, ""))
     if name == CLIENT:
-        rows.append(Row((CLIENT_TOOLS, 9, 0), "host1: BIRD running, 3 peers configured", False, why,
-                        f"multipass start {name}"))
-    return rows
+        rows.append(bird_row(lab, {}))
+    return [replace(row, ok=False, observed=why, hint=f"multipass start {name}") for row in rows]
 
 
 def _addresses(text: str) -> list[ipaddress.IPv4Interface]:
