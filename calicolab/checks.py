@@ -21,6 +21,7 @@ from typing import Iterable
 from calicolab.constants import AGENTS, CLIENT, SERVER
 from calicolab.kube.apply import parse_manifest
 from calicolab.kube.pools import ENCAPSULATION_MODES
+from calicolab.kube.waits import _condition, rollout_status
 
 LAB_NAMES = ("control", "node1", "node2", "host1")
 FTP_VMS = (SERVER, *AGENTS)
@@ -415,13 +416,6 @@ def _last_line(text: str | None) -> str:
 # --- the cluster ----------------------------------------------------------------------------------
 
 
-def _condition(obj: dict | None, ctype: str) -> dict:
-    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype:
-            return cond
-    return {}
-
-
 def node_rows(lab, nodes: list[dict]) -> list[Row]:
     """Each cluster VM is a node, Ready, with its lab address as InternalIP."""
     by_name = {(n.get("metadata") or {}).get("name"): n for n in nodes}
@@ -432,7 +426,7 @@ def node_rows(lab, nodes: list[dict]) -> list[Row]:
         if node is None:
             rows.append(Row((K3S, 1, index), check, False, "not registered", on_vm(name, f"sudo journalctl -u {k3s_unit(name)} -n 50")))
             continue
-        ready = _condition(node, "Ready")
+        ready = _condition(node, "Ready") or {}
         internal = [a.get("address") for a in (node.get("status") or {}).get("addresses") or [] if a.get("type") == "InternalIP"]
         ok = ready.get("status") == "True" and lab.vms[name].lab_ip in internal
         observed = f"Ready={ready.get('status', '?')}"
@@ -448,8 +442,8 @@ def tigerastatus_row(statuses: list[dict]) -> Row:
     seen, ok = [], bool(statuses)
     for status in sorted(statuses, key=lambda s: (s.get("metadata") or {}).get("name", "")):
         name = (status.get("metadata") or {}).get("name", "?")
-        available = _condition(status, "Available").get("status") == "True"
-        degraded = _condition(status, "Degraded")
+        available = (_condition(status, "Available") or {}).get("status") == "True"
+        degraded = _condition(status, "Degraded") or {}
         if degraded.get("status") == "True":
             seen.append(f"{name} Degraded: {degraded.get('message') or degraded.get('reason') or 'no message'}")
             ok = False
@@ -525,8 +519,6 @@ def expected_replicas(manifest_yaml: str) -> dict[str, int]:
 
 def yaobank_rows(lab, deployments: dict[str, dict | None], expected: dict[str, int]) -> list[Row]:
     """Each YaoBank deployment rolled out with the replicas of the manifest available."""
-    from calicolab.kube.waits import rollout_status
-
     rows = []
     for index, name in enumerate(("customer", "summary", "database")):
         dep, want = deployments.get(name), expected.get(name, 1)
