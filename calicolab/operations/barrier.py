@@ -145,15 +145,6 @@ def watch_failures(current_state) -> FailureLog:
     return failure_log
 
 
-def failed_hosts() -> list[str]:
-    """Hosts that failed since this deploy's execution began, in order.
-
-    Example: ``failed_hosts()`` -> ``["@local", "node2"]``
-    """
-    failure_log = _failure_log(ctx_state.get()) if ctx_state.isset() else None
-    return failure_log.failed_hosts(ctx_state.get()) if failure_log is not None else []
-
-
 def _stop_run(state, host, boundary: str) -> bool:
     failure_log = watch_failures(state)
     if not failure_log.reported:
@@ -165,8 +156,8 @@ def _stop_run(state, host, boundary: str) -> bool:
 
 @operation()
 def _phase_boundary(boundary: str):
-    failed = failed_hosts() if state.is_executing else []
-    if failed:
+    failure_log = _failure_log(state) if state.is_executing else None
+    if failure_log is not None and failure_log.failed_hosts(state):
         yield FunctionCommand(_stop_run, (boundary,), {})
         return
     host.noop("barrier")
