@@ -262,11 +262,10 @@ WHERE_TO_LOOK = [
 ]
 
 
-def summary_text(report: checks.Report | None, run_log: list[str], problems: list[str], reason: str) -> str:
+def summary_text(report: checks.Report, run_log: list[str], problems: list[str], reason: str) -> str:
     """The summary: why the bundle exists, failing checks and failed steps first, then where to look."""
     lines = [f"calicolab diagnostics: {reason}", ""]
-    failures = report.failures() if report else []
-    steps = report.failed_steps if report else []
+    failures, steps = report.failures(), report.failed_steps
     lines.append("Failing checks and failed steps:")
     lines += [f"  FAIL {row.check}: {row.observed}" + (f"\n       try: {row.hint}" if row.hint else "") for row in failures]
     lines += [f"  FAILED STEP {step}" for step in steps]
@@ -285,22 +284,22 @@ def summary_text(report: checks.Report | None, run_log: list[str], problems: lis
     return "\n".join(lines)
 
 
-def collect_bundle(lab, report: checks.Report | None = None, run_log: Iterable[str] = (), reason: str = "") -> Path:
+def collect_bundle(lab, report: checks.Report, run_log: Iterable[str], reason: str) -> Path:
     """Write a bundle and return its folder. Never raises for a part that cannot be collected.
 
     .. code:: python
 
-        path = collect_bundle(lab, reason="requested with diagnose.py")
+        path = collect_bundle(lab, checks.report_of(state), (), reason="requested with diagnose.py")
     """
     bundle = Bundle.create(lab, known_secrets(lab))
     run_log = list(run_log)
-    if report and report.rows:
+    if report.rows:
         bundle.write("report.txt", checks.render_table(report.sorted_rows()))
     bundle.write("run-log.txt", "\n".join(run_log) or "(nothing logged)")
     states = _collect_multipass(lab, bundle)
     _collect_running(lab, bundle, states)
     _collect_inputs(lab, bundle)
-    bundle.write("summary.txt", summary_text(report, run_log, bundle.problems, reason or "requested"))
+    bundle.write("summary.txt", summary_text(report, run_log, bundle.problems, reason))
     return bundle.root
 
 
