@@ -90,10 +90,7 @@ class VmNow:
         cannot be read."""
         answer = host.get_fact(VmState, files=tuple(files), units=tuple(units), kubeconfig=kubeconfig, probe=probe,
                                _sudo=True, _ignore_errors=True)
-        if not answer:
-            return cls()
-        return cls(True, answer["first_boot"], answer["files"], answer["units"], answer["rewritten_sha256"],
-                   answer["probe"])
+        return cls(known=True, **answer) if answer else cls()
 
     def file_matches(self, path: str, *, content: str | bytes | None = None, sha256: str | None = None,
                      mode: str | None = None, user: str | None = None, group: str | None = None) -> bool:
