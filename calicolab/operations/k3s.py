@@ -312,17 +312,17 @@ def node_registered(names: list[str], timeout: int = 300):
 # --- kubeconfig -----------------------------------------------------------------------------
 
 
-def _fetch_kubeconfig(state, host, state_dir, server, remote_path):
+def _fetch_kubeconfig(state, host, state_dir, server):
     """FunctionCommand body (Execute, on control): read the admin kubeconfig through the
     connector, rewrite ``server``, store it 0600 in the local state folder."""
 
     ok, output = host.run_shell_command(
-        StringCommand("cat", QuoteString(remote_path)), print_output=False, print_input=False, _sudo=True,
+        StringCommand("cat", QuoteString(K3S_KUBECONFIG_PATH)), print_output=False, print_input=False, _sudo=True,
     )
     text = "\n".join(output.stdout_lines)
     if not ok or "apiVersion" not in text:
         host.log_styled(
-            f"cannot read {remote_path} on {host.name}: "
+            f"cannot read {K3S_KUBECONFIG_PATH} on {host.name}: "
             f"{' '.join(output.stderr_lines)[-300:] or 'empty or not a kubeconfig'}",
             fg="red",
             log_func=logger.error,
@@ -340,13 +340,12 @@ def _fetch_kubeconfig(state, host, state_dir, server, remote_path):
 
 
 @operation()
-def kubeconfig_fetched(lab, remote_path: str = K3S_KUBECONFIG_PATH):
+def kubeconfig_fetched(lab):
     """
     Copy the admin kubeconfig from the k3s server into the local state folder
     (``lab.state_path/kubeconfig.yaml``, 0600), with ``server: https://<control lab ip>:6443``.
 
     + lab: the :class:`calicolab.model.Lab`
-    + remote_path: the server's kubeconfig
 
     Run it on control (it reads the file through control's connector at Execute, so it is
     ordered after k3s on control). No change when the local copy already matches the remote
@@ -362,31 +361,31 @@ def kubeconfig_fetched(lab, remote_path: str = K3S_KUBECONFIG_PATH):
 
     local = LabState(lab.state_path)
     server = lab.api_url
-    remote_sha = host.get_fact(RewrittenFileSha256, path=remote_path, server=server)
+    remote_sha = host.get_fact(RewrittenFileSha256, path=K3S_KUBECONFIG_PATH, server=server)
     current = local.read_kubeconfig()
     if remote_sha is not None and current is not None and hashlib.sha256(current).hexdigest() == remote_sha:
         host.noop(f"{local.kubeconfig_path} is up to date")
         return
     if remote_sha is None and not state.is_executing:
-        host.log(f"{remote_path} does not exist yet; will fetch it into {local.kubeconfig_path}")
+        host.log(f"{K3S_KUBECONFIG_PATH} does not exist yet; will fetch it into {local.kubeconfig_path}")
     elif state.config.DIFF:
         host.log(
             f"Will {'update' if current else 'create'} "
             f"{format_text(str(local.kubeconfig_path), bold=True)} (content is secret, not shown)",
             logger.info,
         )
-    yield FunctionCommand(_fetch_kubeconfig, (str(local.path), server, remote_path), {})
+    yield FunctionCommand(_fetch_kubeconfig, (str(local.path), server), {})
 
 
 @operation()
-def kubeconfig_installed(lab, path: str, user: str = "ubuntu", group: str | None = None):
+def kubeconfig_installed(lab, path: str, user: str = "ubuntu"):
     """
     Install the admin kubeconfig from the local state folder on a lab host (host1),
-    mode 0600, owned by ``user``; its folder (``~/.kube``) is created 0700 for ``user``.
+    mode 0600, owned by ``user`` and its group; its folder (``~/.kube``) is created 0700 for ``user``.
 
     + lab: the :class:`calicolab.model.Lab`
     + path: remote path, e.g. ``/home/ubuntu/.kube/config``
-    + user / group: owner (group defaults to ``user``)
+    + user: owner (the group of the same name)
 
     The local file is read when the operation runs: at Execute it exists because
     :func:`kubeconfig_fetched` ran on control in an earlier phase. Never shows a diff.
@@ -399,10 +398,9 @@ def kubeconfig_installed(lab, path: str, user: str = "ubuntu", group: str | None
                                  path="/home/ubuntu/.kube/config", _sudo=True)
     """
 
-    group = group or user
     parent = path.rsplit("/", 1)[0] or "/"
     source = LabState(lab.state_path).kubeconfig_source()
     # decide everything (and log it) before the first yield
-    file_changes = list(secret_file._inner(path, source, mode="0600", user=user, group=group))
-    yield from files.directory._inner(path=parent, user=user, group=group, mode="0700")
+    file_changes = list(secret_file._inner(path, source, mode="0600", user=user, group=user))
+    yield from files.directory._inner(path=parent, user=user, group=user, mode="0700")
     yield from file_changes
