@@ -71,11 +71,9 @@ class Report:
 
 def report_of(state) -> Report:
     """The run's :class:`Report`, created on first use and kept on pyinfra's ``state``."""
-    report = getattr(state, "calicolab_report", None)
-    if report is None:
-        report = Report()
-        state.calicolab_report = report
-    return report
+    if getattr(state, "calicolab_report", None) is None:
+        state.calicolab_report = Report()
+    return state.calicolab_report
 
 
 # --- the table ----------------------------------------------------------------------------------
