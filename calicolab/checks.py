@@ -313,7 +313,7 @@ def names_row(lab, name: str, text: str) -> Row:
 def mss_row(lab, name: str, text: str) -> Row:
     ok = text.strip().endswith("present")
     return Row(_vm_order(lab, name, 3), f"{name}: TCP MSS clamp {lab.tcp_mss}", ok,
-               "rule present" if ok else (text.strip().splitlines() or ["no answer"])[-1],
+               "rule present" if ok else _last_line(text, "no answer"),
                on_vm(name, f"sudo /usr/local/sbin/calicolab-mss-clamp {lab.tcp_mss}"))
 
 
@@ -325,7 +325,7 @@ def ftp_row(lab, name: str, text: str) -> Row:
 
 def k3s_row(lab, name: str, text: str) -> Row:
     unit = k3s_unit(name)
-    state = text.strip().splitlines()[-1] if text.strip() else "unknown"
+    state = _last_line(text, "unknown")
     return Row(_vm_order(lab, name, 0, K3S), f"{name}: {unit} active", state == "active", state,
                on_vm(name, f"sudo systemctl restart {unit}"))
 
@@ -352,7 +352,7 @@ def bird_row(lab, sections: dict[str, str]) -> Row:
 
 def yaobank_page_row(lab, text: str) -> Row:
     ok = YAOBANK_TEXT in text
-    observed = f"answers with {YAOBANK_TEXT!r}" if ok else ((text.strip().splitlines() or ["no answer"])[-1])
+    observed = f"answers with {YAOBANK_TEXT!r}" if ok else _last_line(text, "no answer")
     return Row((APP, 9, 0), f"host1: YaoBank page on {yaobank_url(lab)}", ok, observed,
                kubectl_hint(f"-n {lab.yaobank_namespace} get pods,svc -o wide"))
 
@@ -406,9 +406,9 @@ def client_rows(lab, sections: dict[str, str]) -> list[Row]:
     ]
 
 
-def _last_line(text: str | None) -> str:
+def _last_line(text: str | None, empty: str = "no output") -> str:
     lines = (text or "").strip().splitlines()
-    return lines[-1] if lines else "no output"
+    return lines[-1] if lines else empty
 
 
 # --- the cluster ----------------------------------------------------------------------------------
