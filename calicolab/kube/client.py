@@ -94,15 +94,13 @@ def object_ref(obj: dict) -> str:
     return ref
 
 
-def status_message(body: Any) -> str:
-    """The human part of a Kubernetes ``Status`` body (message plus per-field causes)."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            return body.strip()
+def status_message(data: bytes) -> str:
+    """The human part of a Kubernetes ``Status`` response body (message plus per-field causes)."""
+    text = data.decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()
     if not isinstance(body, dict):
         return str(body)
     message = body.get("message") or body.get("reason") or json.dumps(body)
@@ -221,10 +219,9 @@ class DirectApi(KubeApi):
     """
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext, headers: dict[str, str], description: str,
-                 tls_name: str | None = None, request_timeout: float = REQUEST_TIMEOUT):
+                 tls_name: str | None = None):
         parts = urlsplit(url)
         self.description = description
-        self.request_timeout = request_timeout
         self._headers = {"Accept": "application/json", "User-Agent": FIELD_MANAGER, **headers}
         # retry only failed connects (nothing was sent); a request that reached the server is not repeated
         retries = urllib3.util.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.3)
@@ -243,7 +240,7 @@ class DirectApi(KubeApi):
         self._pool.close()
 
     def _timeout(self, timeout: float | None) -> float:
-        return self.request_timeout if timeout is None else max(0.1, min(timeout, self.request_timeout))
+        return REQUEST_TIMEOUT if timeout is None else max(0.1, min(timeout, REQUEST_TIMEOUT))
 
     def _request(self, method: str, path: str, *, what: str, fields: dict | None = None, body: bytes | None = None,
                  content_type: str | None = None, timeout: float | None = None) -> dict:
@@ -473,15 +470,14 @@ def tls_context(config: dict, base: Path) -> tuple[ssl.SSLContext, dict[str, str
     return context, headers
 
 
-def direct_api(url: str, server: str, credentials: tuple[ssl.SSLContext, dict[str, str]],
-               request_timeout: float = REQUEST_TIMEOUT) -> DirectApi:
+def direct_api(url: str, server: str, credentials: tuple[ssl.SSLContext, dict[str, str]]) -> DirectApi:
     """A DirectApi for ``url`` with ``credentials`` (:func:`tls_context`) of a kubeconfig whose server is
     ``server``: TLS is checked against the name ``kubernetes`` when ``url`` is another address."""
     tls_name, note = None, ""
     if urlsplit(url).hostname != urlsplit(server).hostname:
         tls_name, note = K3S_TLS_SERVER_NAME, f", TLS name {K3S_TLS_SERVER_NAME}"
     context, headers = credentials
-    return DirectApi(url, context, headers, f"{url} (direct{note})", tls_name=tls_name, request_timeout=request_timeout)
+    return DirectApi(url, context, headers, f"{url} (direct{note})", tls_name=tls_name)
 
 
 def connect_direct(lab, addresses: Iterable[str] = ()) -> DirectApi:
@@ -524,24 +520,17 @@ class KubectlApi(KubeApi):
     UNREACHABLE_MARKERS = ("connection refused", "unable to connect to the server", "serviceunavailable",
                            "the server is currently unable", "i/o timeout", "tls handshake timeout")
 
-    def __init__(self, host, kubectl: str = "k3s kubectl", sudo: bool = True, timeout: int = KUBECTL_TIMEOUT):
+    def __init__(self, host):
         self.host = host
-        self.kubectl = kubectl
-        self.sudo = sudo
-        self.timeout = timeout
-        self.description = f"`{kubectl}` on {getattr(host, 'name', 'control')} (through the connector)"
+        self.description = f"`k3s kubectl` on {getattr(host, 'name', 'control')} (through the connector)"
 
     def run(self, args: list[str], stdin: str | None = None, timeout: float | None = None) -> tuple[bool, str, str]:
         from pyinfra.api import StringCommand
         from pyinfra.api.exceptions import PyinfraError
 
-        seconds = self.timeout if timeout is None else max(1, min(self.timeout, math.ceil(timeout)))
-        command = StringCommand(
-            self.kubectl + f" --request-timeout={seconds}s " + " ".join(shlex.quote(a) for a in args)
-        )
-        kwargs: dict[str, Any] = {"_timeout": seconds + 5}
-        if self.sudo:
-            kwargs["_sudo"] = True
+        seconds = KUBECTL_TIMEOUT if timeout is None else max(1, min(KUBECTL_TIMEOUT, math.ceil(timeout)))
+        command = StringCommand(f"k3s kubectl --request-timeout={seconds}s " + " ".join(shlex.quote(a) for a in args))
+        kwargs: dict[str, Any] = {"_timeout": seconds + 5, "_sudo": True}
         if stdin is not None:
             kwargs["_stdin"] = stdin
         try:
