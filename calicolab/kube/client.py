@@ -28,7 +28,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import socket
 import ssl
 import tempfile
@@ -77,10 +76,8 @@ class ApplyConflict(KubeError):
 
 def split_api_version(api_version: str) -> tuple[str, str]:
     """``"apps/v1"`` → ``("apps", "v1")``; ``"v1"`` → ``("", "v1")``."""
-    if "/" in api_version:
-        group, version = api_version.split("/", 1)
-        return group, version
-    return "", api_version
+    group, _, version = api_version.rpartition("/")
+    return group, version
 
 
 def object_ref(obj: dict) -> str:
@@ -197,10 +194,8 @@ class KubeApi:
 TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 #: Watch events that report a change (an ``ERROR`` event, e.g. 410 Gone for an expired version, is none)
 CHANGE_EVENTS = (b"ADDED", b"MODIFIED", b"DELETED")
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    return (OSError, urllib3.exceptions.HTTPError)
+#: what urllib3 raises when the API does not answer
+CONNECTION_ERRORS = (OSError, urllib3.exceptions.HTTPError)
 
 
 class DirectApi(KubeApi):
@@ -249,7 +244,7 @@ class DirectApi(KubeApi):
         try:
             response = self._pool.request(method, url, body=body, headers=headers,
                                           timeout=urllib3.Timeout(total=self._timeout(timeout)))
-        except _connection_errors() as exc:
+        except CONNECTION_ERRORS as exc:
             raise ApiUnreachable(f"{what}: {self.description}: {_describe(exc)}") from exc
         if response.status == 404:
             raise NotFound(f"{what}: {status_message(response.data)}")
@@ -326,7 +321,7 @@ class DirectApi(KubeApi):
                 # the stream is left unread: its connection is closed, not handed to the next request
                 response.close()
                 response.release_conn()
-        except (*_connection_errors(), KubeError):
+        except (*CONNECTION_ERRORS, KubeError):
             pass
         # the pause ran out (read timeout), the version expired (410) or the API went away: the next probe
         # finds out which; a watch that fails at once must not turn the pause into a busy loop
@@ -335,14 +330,13 @@ class DirectApi(KubeApi):
 
     def apply(self, obj, dry_run=False, timeout=None):
         meta = obj.get("metadata") or {}
-        api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
-        _, namespaced = self.resource(api_version, kind)
         fields = {"fieldManager": FIELD_MANAGER}
         if force_allowed(obj):
             fields["force"] = "true"
         if dry_run:
             fields["dryRun"] = "All"
-        path = self._path(api_version, kind, (meta.get("namespace") or "default") if namespaced else None,
+        # a cluster-scoped kind's path has no namespace (see _path)
+        path = self._path(obj.get("apiVersion", ""), obj.get("kind", ""), meta.get("namespace") or "default",
                           meta.get("name", ""))
         return self._request("PATCH", path, what=object_ref(obj), fields=fields, body=json.dumps(obj).encode(),
                              content_type="application/apply-patch+yaml", timeout=timeout)
@@ -456,16 +450,14 @@ def tls_context(config: dict, base: Path) -> tuple[ssl.SSLContext, dict[str, str
     context = ssl.create_default_context(cadata=ca.decode()) if ca else ssl.create_default_context()
     cert, key = _pem(user, "client-certificate", base), _pem(user, "client-key", base)
     if cert and key:
-        # ssl loads a certificate chain from files only: a private folder, removed at once
-        folder = Path(tempfile.mkdtemp(prefix="calicolab-tls-"))
-        try:
+        # ssl loads a certificate chain from files only: a private folder (0700), removed at once
+        with tempfile.TemporaryDirectory(prefix="calicolab-tls-", ignore_cleanup_errors=True) as scratch:
+            folder = Path(scratch)
             for name, data in (("cert.pem", cert), ("key.pem", key)):
                 fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
             context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
     headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
     return context, headers
 
