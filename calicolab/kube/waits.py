@@ -103,10 +103,10 @@ def tigerastatus_check(obj: dict | None, name: str) -> Check:
 
 
 def nodes_check(nodes: list[dict], names: Iterable[str]) -> Check:
-    by_name = {(n.get("metadata") or {}).get("name"): n for n in nodes}
+    found = by_name(nodes)
     problems = []
     for name in names:
-        node = by_name.get(name)
+        node = found.get(name)
         if node is None:
             problems.append(f"{name} (not registered)")
             continue
@@ -146,7 +146,6 @@ def related_events(
     api: KubeApi,
     namespace: str | None,
     match: Callable[[dict], bool],
-    limit: int = MAX_EVENTS,
     warnings_only: bool = False,
 ) -> list[str]:
     """The newest Events (any kind) matching ``match`` on their involvedObject, formatted; the same
@@ -177,7 +176,7 @@ def related_events(
             f"{event.get('type', 'Normal')} {event.get('reason', '')} "
             f"{str(inv.get('kind', '')).lower()}/{inv.get('name', '')}: {event.get('message', '')}".strip()
         )
-        if len(lines) == limit:
+        if len(lines) == MAX_EVENTS:
             break
     return lines[::-1]
 
@@ -356,8 +355,8 @@ class Watched:
     def pause(self, seconds: float) -> bool:
         return self.api.wait_for_change(self.api_version, self.kind, self.namespace, self.version, seconds)
 
-    def wait(self, what: str, timeout: float, log=None, clock: Callable[[], float] = time.monotonic) -> Check:
-        return poll(what, timeout, self, log, pause=self.pause, clock=clock)
+    def wait(self, what: str, timeout: float, log=None) -> Check:
+        return poll(what, timeout, self, log, pause=self.pause)
 
 
 def by_name(items: list[dict]) -> dict[str, dict]:
@@ -368,26 +367,24 @@ class DegradedGrace:
     """Tolerates a failed (Degraded) Check for ``seconds``: the operator retries, e.g. once the API server
     it waited for is Ready."""
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, seconds: float):
         self.seconds = seconds
-        self.clock = clock
         self.since: float | None = None
 
     def __call__(self, check: Check) -> Check:
         if not check.failed:
             self.since = None
             return check
-        now = self.clock()
+        now = time.monotonic()
         self.since = now if self.since is None else self.since
         if now - self.since < self.seconds:
             return Check(False, check.message + f" (failing if it lasts {int(self.seconds)}s)")
         return check
 
 
-def rollouts_probe(api: KubeApi, namespace: str, names: Iterable[str]) -> Watched:
+def rollouts_probe(api: KubeApi, namespace: str, names: list[str]) -> Watched:
     """Done when every Deployment ``names`` in ``namespace`` is rolled out (kubectl's rule); failed at
     the first ProgressDeadlineExceeded."""
-    names = list(names)
 
     def judge(items: list[dict], _remaining: float) -> Check:
         found = by_name(items)
@@ -406,9 +403,7 @@ def rollouts_probe(api: KubeApi, namespace: str, names: Iterable[str]) -> Watche
     return Watched(api, "apps/v1", "Deployment", namespace, judge)
 
 
-def crds_probe(api: KubeApi, names: Iterable[str]) -> Watched:
-    names = list(names)
-
+def crds_probe(api: KubeApi, names: list[str]) -> Watched:
     def judge(items: list[dict], _remaining: float) -> Check:
         found = by_name(items)
         pending = [c.message for c in (crd_established(found.get(n), n) for n in names) if not c.done]
@@ -423,17 +418,16 @@ def tigerastatus_probe(api: KubeApi, name: str, grace: DegradedGrace | None = No
                    lambda items, _remaining: grace(tigerastatus_check(by_name(items).get(name), name)))
 
 
-def nodes_probe(api: KubeApi, names: Iterable[str]) -> Watched:
-    names = list(names)
+def nodes_probe(api: KubeApi, names: list[str]) -> Watched:
     return Watched(api, "v1", "Node", None, lambda items, _remaining: nodes_check(items, names))
 
 
-def pools_probe(api: KubeApi, installation: dict, grace: DegradedGrace | None = None) -> Watched:
+def pools_probe(api: KubeApi, installation: dict) -> Watched:
     """Done when the operator-owned IPPools match ``installation`` and tigerastatus/ippools is Available
     (watched: the operator updates it when it has reconciled the pools)."""
     from calicolab.kube import pools as kpools
 
-    grace = grace or DegradedGrace(DEGRADED_GRACE)
+    grace = DegradedGrace(DEGRADED_GRACE)
 
     def judge(items: list[dict], remaining: float) -> Check:
         live = api.list(kpools.IPPOOL_API, "IPPool", timeout=remaining)
@@ -518,14 +512,13 @@ def wait_tigerastatus(
     timeout: float,
     log=None,
     degraded_grace: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
     kubectl: str = "kubectl",
 ) -> str:
     """Wait until ``tigerastatus/<name>`` is Available; Degraded for longer than the grace period or
     the timeout raise WaitFailed with the conditions, Calico's Warning events and the next steps."""
-    grace = DegradedGrace(DEGRADED_GRACE if degraded_grace is None else degraded_grace, clock)
+    grace = DegradedGrace(DEGRADED_GRACE if degraded_grace is None else degraded_grace)
     probe = tigerastatus_probe(api, name, grace)
-    check = probe.wait(f"tigerastatus/{name} Available", timeout, log, clock=clock)
+    check = probe.wait(f"tigerastatus/{name} Available", timeout, log)
     if check.done:
         return check.message
     obj = by_name(probe.items).get(name)
@@ -534,10 +527,8 @@ def wait_tigerastatus(
     else:
         conditions = format_conditions(obj) if obj else "the object does not exist"
         message = f"{TIMED_OUT} after {timeout:g}s: tigerastatus/{name} not Available; conditions: {conditions}"
-    events = related_events(
-        api, "calico-system", lambda inv: inv.get("kind") in ("Pod", "DaemonSet", "Deployment")
-    ) if obj else []
     if obj:
+        events = related_events(api, "calico-system", lambda inv: inv.get("kind") in ("Pod", "DaemonSet", "Deployment"))
         message = _with_events(message, [e for e in events if e.startswith("Warning")])
     steps = [f"`{kubectl} describe tigerastatus {name}`"] if obj else []
     steps += [f"`{kubectl} -n calico-system get pods`"] + operator_steps(kubectl)[1:]
