@@ -11,8 +11,10 @@ from calicolab.kube.client import ApplyConflict, KubeApi, KubeError, NotFound, o
 from calicolab.kube.diff import normalise, unified_diff
 from calicolab.polling import Check, Transient, poll
 
-FIRST_KINDS = ("Namespace", "CustomResourceDefinition")
-CLUSTER_RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding")
+#: the apply order of kinds that others need: Namespaces and CRDs, cluster-scoped RBAC, ServiceAccounts
+#: (any other kind: 3)
+APPLY_ORDER = {"Namespace": 0, "CustomResourceDefinition": 0, "ClusterRole": 1, "ClusterRoleBinding": 1,
+               "ServiceAccount": 2}
 
 
 #: libyaml's parser where PyYAML's wheel has it (all the wheels install.py takes do): the pure-Python
@@ -49,20 +51,9 @@ def parse_manifest(text: str) -> list[dict]:
     return objects
 
 
-def apply_class(obj: dict) -> int:
-    kind = obj.get("kind")
-    if kind in FIRST_KINDS:
-        return 0
-    if kind in CLUSTER_RBAC_KINDS:
-        return 1
-    if kind == "ServiceAccount":
-        return 2
-    return 3
-
-
 def order_objects(objects: list[dict]) -> list[dict]:
     """Namespaces and CRDs, cluster-scoped RBAC, ServiceAccounts, the rest; stable within a class."""
-    return sorted(objects, key=apply_class)
+    return sorted(objects, key=lambda obj: APPLY_ORDER.get(obj.get("kind"), 3))
 
 
 def _coords(obj: dict) -> tuple[str, str, str, str | None]:
@@ -76,7 +67,6 @@ class ObjectPlan:
     ref: str
     action: str  # "create" | "update" | "unchanged" | "conflict"
     diff: str = ""
-    live: dict | None = None
     note: str = ""
 
 
@@ -91,11 +81,11 @@ def plan_object(api: KubeApi, obj: dict) -> ObjectPlan:
         dry = api.apply(obj, dry_run=True)
     except NotFound as exc:
         # the namespace or the CRD of the kind does not exist yet
-        return ObjectPlan(obj, ref, "create", unified_diff(None, obj, ref), live, note=str(exc))
+        return ObjectPlan(obj, ref, "create", unified_diff(None, obj, ref), note=str(exc))
     except ApplyConflict as exc:
-        return ObjectPlan(obj, ref, "conflict", "", live, note=str(exc))
+        return ObjectPlan(obj, ref, "conflict", "", note=str(exc))
     text = unified_diff(live, dry, ref)
-    return ObjectPlan(obj, ref, "update" if text else "unchanged", text, live)
+    return ObjectPlan(obj, ref, "update" if text else "unchanged", text)
 
 
 def plan_apply(api: KubeApi, objects: list[dict]) -> list[ObjectPlan]:
@@ -131,9 +121,9 @@ def _kind_not_served(exc: NotFound) -> bool:
     return "does not serve kind" in str(exc) or "no matches for kind" in str(exc)
 
 
-def _apply_settling(api: KubeApi, obj: dict, crds_applied: bool, settle_timeout: float = CRD_SETTLE_TIMEOUT) -> dict:
+def _apply_settling(api: KubeApi, obj: dict, crds_applied: bool) -> dict:
     """Apply; right after CRDs of the same batch, a kind that is not served yet is retried for up to
-    ``settle_timeout`` seconds (the CRD becomes Established and discoverable within moments)."""
+    ``CRD_SETTLE_TIMEOUT`` seconds (the CRD becomes Established and discoverable within moments)."""
     if not crds_applied:
         return api.apply(obj)
     applied: dict[str, dict] = {}
@@ -147,9 +137,9 @@ def _apply_settling(api: KubeApi, obj: dict, crds_applied: bool, settle_timeout:
             raise Transient(str(exc)) from None
         return Check(True, "applied")
 
-    check = poll(f"{object_ref(obj)} to be served", settle_timeout, probe)
+    check = poll(f"{object_ref(obj)} to be served", CRD_SETTLE_TIMEOUT, probe)
     if not check.done:
-        raise NotFound(f"{object_ref(obj)}: {check.message} (still after {settle_timeout:g}s)")
+        raise NotFound(f"{object_ref(obj)}: {check.message} (still after {CRD_SETTLE_TIMEOUT:g}s)")
     return applied["obj"]
 
 
@@ -168,16 +158,9 @@ def apply_objects(
         except KubeError as exc:
             raise ApplyFailed(ref, exc, result) from None
         crds_applied = crds_applied or kind == "CustomResourceDefinition"
-        if before is None:
-            result.created.append(ref)
-            verb = "created"
-        elif normalise(before) != normalise(after):
-            result.configured.append(ref)
-            verb = "configured"
-        else:
-            result.unchanged.append(ref)
-            verb = None
-        if log and verb:
+        verb = "created" if before is None else "configured" if normalise(before) != normalise(after) else "unchanged"
+        getattr(result, verb).append(ref)  # the list of that name
+        if log and verb != "unchanged":
             log(f"{ref} {verb}")
     return result
 
