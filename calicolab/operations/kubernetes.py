@@ -45,6 +45,7 @@ from calicolab.kube.apply import (
     plan_apply,
 )
 from calicolab.kube.client import REQUEST_TIMEOUT, ApiUnreachable, KubeApi, KubeError, Session, connect, object_ref
+from calicolab.model import lab_for_host
 from calicolab.operations.common import fail_with, print_once, reading_stands
 from calicolab.polling import Check, Transient, poll
 
@@ -117,14 +118,6 @@ def _why(lab, exc: Exception) -> str:
     return f" ({reason})"
 
 
-def _lab(lab):
-    if lab is not None:
-        return lab
-    from calicolab.model import lab_for_host
-
-    return lab_for_host(host)
-
-
 def kubectl_hint(lab) -> str:
     """How a user runs kubectl against the lab from the workstation, for next-step commands
     (works wherever Multipass does, with no kubeconfig): ``multipass exec control -- sudo k3s kubectl``."""
@@ -139,14 +132,6 @@ def _installation(objects: list[dict]) -> dict | None:
     return next((obj for obj in objects if obj.get("kind") == "Installation"), None)
 
 
-def _apiserver_present(api: KubeApi, lab) -> bool:
-    """The operator can change pools through the Calico API server: set Enabled (this run applies it before
-    the Installation) or already in the cluster."""
-    if lab.calico_apiserver == "Enabled":
-        return True
-    return api.get("operator.tigera.io/v1", "APIServer", "default") is not None
-
-
 def _review_pools(api: KubeApi, installation: dict | None, lab) -> tuple[str, bool]:
     """(message, blocked) for the Installation's pools against the live IPPools (see kube.pools)."""
     if installation is None:
@@ -154,12 +139,12 @@ def _review_pools(api: KubeApi, installation: dict | None, lab) -> tuple[str, bo
     plan = kpools.plan_pools(installation, api.list(kpools.IPPOOL_API, "IPPool"))
     if not plan.needs_apiserver and not plan.block_sizes:
         return "", False
-    return kpools.review_message(plan, _apiserver_present(api, lab))
-
-
-def _log_pool_review(the_host, message: str, blocked: bool) -> None:
-    if message:
-        the_host.log_styled(message, fg="red" if blocked else "yellow", bold=True, log_func=logger.warning)
+    # the operator can change pools through the Calico API server: set Enabled (this run applies it before
+    # the Installation) or already in the cluster
+    apiserver = lab.calico_apiserver == "Enabled" or (
+        api.get("operator.tigera.io/v1", "APIServer", "default") is not None
+    )
+    return kpools.review_message(plan, apiserver)
 
 
 # --- applied ----------------------------------------------------------------------------------------
@@ -193,7 +178,7 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
     + lab: the Lab (default: ``lab_for_host(host)``)
     + manifest: a short label for messages, e.g. ``"tigera-operator"``
     """
-    lab = _lab(lab)
+    lab = lab or lab_for_host(host)
     objects = order_objects(parse_manifest(manifest_yaml))
     refs = [object_ref(obj) for obj in objects]
     command = FunctionCommand(_apply_now, (manifest_yaml, lab, manifest), {})
@@ -211,7 +196,8 @@ def applied(manifest_yaml: str, lab=None, manifest: str = "manifest"):
         return
 
     # The body runs in planning and again in execution: both the dry and the real run say it.
-    _log_pool_review(host, pool_message, pool_blocked)
+    if pool_message:
+        host.log_styled(pool_message, fg="red" if pool_blocked else "yellow", bold=True, log_func=logger.warning)
     first_look = print_once()
     for plan in plans:
         if plan.action == "conflict" and first_look:
@@ -270,7 +256,7 @@ def _wait_op(step: str, lab, probe: Callable[[KubeApi], waits.Watched], wait) ->
 @operation()
 def crds_established(names: list[str], timeout: float | None = None, lab=None):
     """Wait until the CustomResourceDefinitions ``names`` are Established."""
-    lab = _lab(lab)
+    lab = lab or lab_for_host(host)
     names = list(names)
     timeout = lab.timeout_operator_ready if timeout is None else timeout
     yield from _wait_op(
@@ -284,7 +270,7 @@ def crds_established(names: list[str], timeout: float | None = None, lab=None):
 @operation()
 def tigerastatus_available(status: str = "calico", timeout: float | None = None, lab=None):
     """Wait until ``tigerastatus/<status>`` is Available=True (Degraded too long → error)."""
-    lab = _lab(lab)
+    lab = lab or lab_for_host(host)
     timeout = lab.timeout_calico_available if timeout is None else timeout
     yield from _wait_op(
         f"tigerastatus/{status} Available",
@@ -303,7 +289,7 @@ def pools_as_set(installation_yaml: str, timeout: float | None = None, lab=None)
     + timeout: seconds (default ``lab.timeout_calico_available``)
     + lab: the Lab (default: ``lab_for_host(host)``)
     """
-    lab = _lab(lab)
+    lab = lab or lab_for_host(host)
     timeout = lab.timeout_calico_available if timeout is None else timeout
     installation = _installation(parse_manifest(installation_yaml)) or {}
     yield from _wait_op(
@@ -339,7 +325,7 @@ def default_node_names(lab) -> list[str]:
 @operation()
 def nodes_ready(names: list[str] | None = None, timeout: float | None = None, lab=None):
     """Wait until the nodes ``names`` (default: control and the agents) are registered and Ready."""
-    lab = _lab(lab)
+    lab = lab or lab_for_host(host)
     names = list(names) if names else default_node_names(lab)
     timeout = lab.timeout_nodes_ready if timeout is None else timeout
     yield from _wait_op(
@@ -366,7 +352,7 @@ def rolled_out(
     A failure names each pod's reason (ImagePullBackOff, CrashLoopBackOff, Pending with the
     scheduler's message), its events and the next command to run.
     """
-    lab = _lab(lab)
+    lab = lab or lab_for_host(host)
     names = list(names)
     timeout = lab.timeout_rollout if timeout is None else timeout
     yield from _wait_op(
@@ -382,16 +368,13 @@ def rolled_out(
 # --- HTTP answer (run on host1) --------------------------------------------------------------------
 
 
-def curl_command(url: str, max_time: float = CURL_MAX_TIME) -> StringCommand:
-    return StringCommand(f"curl -fsS --max-time {max_time:g} {shlex.quote(url)}")
-
-
-def _curl(the_host, url: str, max_time: float = CURL_MAX_TIME) -> tuple[bool, str]:
+def _curl(the_host, url: str, max_time: float) -> tuple[bool, str]:
     """(answered, page or curl's error). A connector that cannot run the command is ``Transient``."""
     max_time = max(1, min(CURL_MAX_TIME, int(max_time)))
+    command = StringCommand(f"curl -fsS --max-time {max_time:g} {shlex.quote(url)}")
     try:
         ok, output = the_host.run_shell_command(
-            curl_command(url, max_time), print_output=False, print_input=False, _timeout=max_time + 10
+            command, print_output=False, print_input=False, _timeout=max_time + 10
         )
     except (OSError, TimeoutError, PyinfraError) as exc:
         raise Transient(f"cannot run curl on {the_host.name}: {type(exc).__name__}: {exc}") from exc
@@ -429,7 +412,7 @@ def http_answers(url: str, expect: str, timeout: float | None = None, lab=None, 
         host.noop(f"{url} answered with {expect!r} when the deploy read {host.name}; nothing changed since")
         return
     if timeout is None:
-        timeout = _lab(lab).timeout_app_answer
+        timeout = (lab or lab_for_host(host)).timeout_app_answer
     try:
         check = _http_check(host, url, expect)
     except Transient as exc:
