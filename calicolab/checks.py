@@ -21,7 +21,7 @@ from typing import Iterable
 from calicolab.constants import AGENTS, CLIENT, SERVER
 from calicolab.kube.apply import parse_manifest
 from calicolab.kube.pools import ENCAPSULATION_MODES
-from calicolab.kube.waits import _condition, rollout_status
+from calicolab.kube.waits import condition, rollout_status
 
 LAB_NAMES = ("control", "node1", "node2", "host1")
 FTP_VMS = (SERVER, *AGENTS)
@@ -424,7 +424,7 @@ def node_rows(lab, nodes: list[dict]) -> list[Row]:
         if node is None:
             rows.append(Row((K3S, 1, index), check, False, "not registered", on_vm(name, f"sudo journalctl -u {k3s_unit(name)} -n 50")))
             continue
-        ready = _condition(node, "Ready") or {}
+        ready = condition(node, "Ready") or {}
         internal = [a.get("address") for a in (node.get("status") or {}).get("addresses") or [] if a.get("type") == "InternalIP"]
         ok = ready.get("status") == "True" and lab.vms[name].lab_ip in internal
         observed = f"Ready={ready.get('status', '?')}"
@@ -440,8 +440,8 @@ def tigerastatus_row(statuses: list[dict]) -> Row:
     seen, ok = [], bool(statuses)
     for status in sorted(statuses, key=lambda s: (s.get("metadata") or {}).get("name", "")):
         name = (status.get("metadata") or {}).get("name", "?")
-        available = (_condition(status, "Available") or {}).get("status") == "True"
-        degraded = _condition(status, "Degraded") or {}
+        available = (condition(status, "Available") or {}).get("status") == "True"
+        degraded = condition(status, "Degraded") or {}
         if degraded.get("status") == "True":
             seen.append(f"{name} Degraded: {degraded.get('message') or degraded.get('reason') or 'no message'}")
             ok = False

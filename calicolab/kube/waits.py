@@ -33,7 +33,11 @@ class WaitFailed(KubeError):
 # --- Pure checks ---------------------------------------------------------------------------------
 
 
-def _condition(obj: dict, ctype: str) -> dict | None:
+def condition(obj: dict, ctype: str) -> dict | None:
+    """The status condition of type ``ctype``, or None.
+
+    Example: ``condition(node, "Ready")["status"]`` → ``"True"``
+    """
     for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
         if cond.get("type") == ctype:
             return cond
@@ -50,7 +54,7 @@ def rollout_status(deployment: dict) -> Check:
     observed = status.get("observedGeneration") or 0
     if generation > observed:
         return Check(False, "Waiting for deployment spec update to be observed...")
-    progressing = _condition(deployment, "Progressing")
+    progressing = condition(deployment, "Progressing")
     if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
         return Check(False, f'deployment "{name}" exceeded its progress deadline', failed=True)
     updated = status.get("updatedReplicas") or 0
@@ -81,7 +85,7 @@ def rollout_status(deployment: dict) -> Check:
 def crd_established(crd: dict | None, name: str) -> Check:
     if crd is None:
         return Check(False, f"customresourcedefinition/{name} does not exist yet")
-    cond = _condition(crd, "Established")
+    cond = condition(crd, "Established")
     if cond and cond.get("status") == "True":
         return Check(True, f"customresourcedefinition/{name} Established")
     return Check(False, f"customresourcedefinition/{name} not Established yet ({format_conditions(crd)})")
@@ -92,10 +96,10 @@ def tigerastatus_check(obj: dict | None, name: str) -> Check:
     Degraded=True is reported as failed; the caller applies the grace period."""
     if obj is None:
         return Check(False, f"tigerastatus/{name} does not exist yet (the operator creates it)")
-    available = _condition(obj, "Available")
+    available = condition(obj, "Available")
     if available and available.get("status") == "True":
         return Check(True, f"tigerastatus/{name} Available")
-    degraded = _condition(obj, "Degraded")
+    degraded = condition(obj, "Degraded")
     if degraded and degraded.get("status") == "True":
         detail = ": ".join(x for x in (degraded.get("reason"), degraded.get("message")) if x)
         return Check(False, f"tigerastatus/{name} Degraded: {detail or 'no message'}", failed=True)
@@ -110,7 +114,7 @@ def nodes_check(nodes: list[dict], names: Iterable[str]) -> Check:
         if node is None:
             problems.append(f"{name} (not registered)")
             continue
-        ready = _condition(node, "Ready")
+        ready = condition(node, "Ready")
         if not ready or ready.get("status") != "True":
             if ready:
                 detail = ", ".join(x for x in (ready.get("reason"), ready.get("message")) if x)
@@ -261,11 +265,11 @@ def pod_problems(pod: dict) -> list[PodProblem]:
             problems.append(problem)
     if problems:
         return problems
-    scheduled = _condition(pod, "PodScheduled")
+    scheduled = condition(pod, "PodScheduled")
     if scheduled and scheduled.get("status") == "False":
         reason = scheduled.get("reason") or "not scheduled"
         return [PodProblem(name, f"Pending ({reason})", scheduled.get("message") or "")]
-    ready = _condition(pod, "Ready")
+    ready = condition(pod, "Ready")
     if status.get("phase") in ("Pending", "Failed", "Unknown") or (ready and ready.get("status") != "True"):
         detail = ": ".join(x for x in ((ready or {}).get("reason"), (ready or {}).get("message")) if x)
         return [PodProblem(name, status.get("phase") or "NotReady", detail)]
