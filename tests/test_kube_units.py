@@ -516,6 +516,24 @@ def test_wait_tigerastatus_degraded_after_grace():
         "`k -n tigera-operator logs deployment/tigera-operator --tail=50`"]
 
 
+def test_a_failed_tigerastatus_wait_names_calicos_warning_even_when_newer_normal_events_abound():
+    ts = {"apiVersion": "operator.tigera.io/v1", "kind": "TigeraStatus", "metadata": {"name": "calico"},
+          "status": {"conditions": [{"type": "Available", "status": "False"}]}}
+    api = MemoryApi([ts])
+
+    def event(i, type_, reason, message):
+        return {"type": type_, "reason": reason, "message": message, "lastTimestamp": f"2026-12-02T10:00:{i:02d}Z",
+                "involvedObject": {"kind": "Pod", "name": f"calico-node-{i}"}}
+
+    # a busy calico-system: the one Warning is older than more Normal events than a message lists
+    api.lists["Event"] = [event(0, "Warning", "Failed", "Failed to pull image \"calico/node:v0\"")] + [
+        event(i, "Normal", "Pulled", f"image {i} pulled") for i in range(1, waits.MAX_EVENTS + 4)]
+    with pytest.raises(waits.WaitFailed) as info:
+        waits.wait_tigerastatus(api, "calico", timeout=0.05)
+    assert 'Warning Failed pod/calico-node-0: Failed to pull image "calico/node:v0"' in str(info.value)
+    assert "Pulled" not in str(info.value)
+
+
 def test_wait_tigerastatus_available_and_timeout():
     ts = {"apiVersion": "operator.tigera.io/v1", "kind": "TigeraStatus", "metadata": {"name": "calico"},
           "status": {"conditions": [{"type": "Available", "status": "True"}]}}

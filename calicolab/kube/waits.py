@@ -532,8 +532,10 @@ def wait_tigerastatus(
         conditions = format_conditions(obj) if obj else "the object does not exist"
         message = f"{TIMED_OUT} after {timeout:g}s: tigerastatus/{name} not Available; conditions: {conditions}"
     if obj:
-        events = related_events(api, "calico-system", lambda inv: inv.get("kind") in ("Pod", "DaemonSet", "Deployment"))
-        message = _with_events(message, [e for e in events if e.startswith("Warning")])
+        # Warnings only, chosen before the newest are kept: busy Normal events would push them out
+        calico_objects = ("Pod", "DaemonSet", "Deployment")
+        message = _with_events(message, related_events(
+            api, "calico-system", lambda inv: inv.get("kind") in calico_objects, warnings_only=True))
     steps = [f"`{kubectl} describe tigerastatus {name}`"] if obj else []
     steps += [f"`{kubectl} -n calico-system get pods`"] + operator_steps(kubectl)[1:]
     raise WaitFailed(_with_next(message, steps))
