@@ -473,17 +473,22 @@ def explain_failure(action: str, name: str, failure: MultipassFailure, multipass
     return f"{action} {name} failed: {message or 'no message'}. Next: {hint}"
 
 
-def state_problem(name: str, state: str) -> str | None:
-    """Why an instance in ``state`` cannot simply be started, or None."""
+def state_problem(name: str, state: str, multipass_bin: str | None = None) -> str | None:
+    """Why an instance in ``state`` cannot simply be started, or None; its commands use ``multipass_bin``.
+
+    Example: ``state_problem("node2", "Deleted", "multipass.exe")`` -> "instance node2 is deleted but not
+    purged: run `multipass.exe recover node2` to keep it, ..."
+    """
+    mp = shell_join(bin_argv(multipass_bin))
     if state == DELETED:
         return (
-            f"instance {name} is deleted but not purged: run `multipass recover {name}` to keep it, "
-            f"or `multipass purge` to remove it for good, then re-run"
+            f"instance {name} is deleted but not purged: run `{mp} recover {name}` to keep it, "
+            f"or `{mp} purge` to remove it for good, then re-run"
         )
     if state in (UNKNOWN, "Unavailable"):
         return (
             f"instance {name} is in state {state} (happens after the host slept or crashed): restart the "
-            f"Multipass daemon with {_RESTART[workstation_os()]}, check `multipass list`, then re-run"
+            f"Multipass daemon with {_RESTART[workstation_os()]}, check `{mp} list`, then re-run"
         )
     return None
 
@@ -531,8 +536,10 @@ class InstancesPlan:
         return bool(self.launch or self.start or self.cancel_stop or self.errors)
 
 
-def plan_instances(names: Iterable[str], instances: Mapping[str, Mapping[str, Any]] | None) -> InstancesPlan:
-    """Decide per instance what it takes to make it run, from the ``MultipassInstances`` fact value.
+def plan_instances(names: Iterable[str], instances: Mapping[str, Mapping[str, Any]] | None,
+                   multipass_bin: str | None = None) -> InstancesPlan:
+    """Decide per instance what it takes to make it run, from the ``MultipassInstances`` fact value
+    (the errors' commands use ``multipass_bin``).
 
     Example: ``plan_instances(["control", "node1"], {"node1": {"state": "Stopped"}})`` ->
     ``InstancesPlan(launch=["control"], start=["node1"])``
@@ -545,7 +552,7 @@ def plan_instances(names: Iterable[str], instances: Mapping[str, Mapping[str, An
             plan.launch.append(name)
             continue
         state = current.get("state")
-        problem = state_problem(name, state)
+        problem = state_problem(name, state, multipass_bin)
         if problem:
             plan.errors[name] = problem
         elif state == "Delayed Shutdown":

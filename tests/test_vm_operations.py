@@ -325,12 +325,13 @@ def test_delayed_shutdown_is_cancelled(fake_mp):
 @pytest.mark.parametrize(
     "bad_state, text",
     [
-        ("Deleted", "multipass recover node2"),
+        ("Deleted", "`{bin} recover node2`"),  # the configured client, ready to paste
         ("Unknown", "restart the Multipass daemon"),
         ("Unavailable", "restart the Multipass daemon"),
     ],
 )
 def test_deleted_and_unknown_fail_cleanly_after_the_others_run(fake_mp, caplog, bad_state, text):
+    text = text.format(bin=fake_mp.bin)
     fake_mp.set_states(control="Stopped", node2=bad_state)
     state, host = local_state(fake_mp)
     with caplog.at_level(logging.INFO, logger="pyinfra"):
@@ -437,7 +438,7 @@ def fingerprint_file_in_vm(fake_mp, text):
 @pytest.mark.parametrize("stored, expected", [
     (WANTED, []),
     ("cd" * 32, ["node1 was created from a different cloud-init user-data", "teardown.py --limit node1",
-                 "multipass delete --purge node1"]),
+                 "`{bin} delete --purge node1`"]),  # the configured client, ready to paste
 ])
 def test_user_data_drift_is_judged_by_the_fingerprint_and_warns_never_recreates(
         fake_mp, vm_cloud_init, caplog, monkeypatch, stored, expected):
@@ -456,7 +457,7 @@ def test_user_data_drift_is_judged_by_the_fingerprint_and_warns_never_recreates(
         assert warnings == []
     else:
         (warning,) = warnings
-        assert all(text in warning for text in expected)
+        assert all(text.format(bin=fake_mp.bin) in warning for text in expected)
     assert [c for c in fake_mp.calls() if c[1] == "call" and c[2][0] == "launch"] == []  # never recreates
 
 

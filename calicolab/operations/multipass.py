@@ -231,7 +231,7 @@ def instances(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate instance names in {names}")
     current = host.get_fact(MultipassInstances, multipass_bin=multipass_bin) or {}
-    plan = mp.plan_instances(names, current)
+    plan = mp.plan_instances(names, current, multipass_bin)
 
     if not plan.changes:
         host.noop(f"Multipass instances {', '.join(names)} are running")
@@ -304,10 +304,11 @@ def _indent(text: str) -> str:
     return "\n".join(f"        {line}" for line in (text or "").splitlines())
 
 
-def _recreate_hint(name: str) -> str:
+def _recreate_hint(vm_host) -> str:
+    delete = mp.delete_argv(vm_host.data.get("multipass_bin"), [vm_host.name])
     return (
-        f"recreate the VM: `pyinfra inventory.py teardown.py --limit {name}` (or "
-        f"`multipass delete --purge {name}`), then re-run the deploy"
+        f"recreate the VM: `pyinfra inventory.py teardown.py --limit {vm_host.name}` (or "
+        f"`{mp.shell_join(delete)}`), then re-run the deploy"
     )
 
 
@@ -323,14 +324,14 @@ def warn_if_created_differently(host, stored: str | None, fingerprint: str, alwa
         host.log(
             f"{host.name} has no calicolab fingerprint ({USER_DATA_FINGERPRINT_PATH}): it was created "
             "before calicolab recorded one, so whether its cloud-init matches the current settings is "
-            f"unknown. To be sure, {_recreate_hint(host.name)}",
+            f"unknown. To be sure, {_recreate_hint(host)}",
             log_func=logger.warning,
         )
         return
     host.log(
         f"{host.name} was created from a different cloud-init user-data than the current settings "
         "render; cloud-init only runs on first boot, so the change is NOT applied. To apply it, "
-        f"{_recreate_hint(host.name)}",
+        f"{_recreate_hint(host)}",
         log_func=logger.warning,
     )
 
