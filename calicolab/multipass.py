@@ -91,6 +91,12 @@ def bin_argv(multipass_bin: str | None) -> list[str]:
 shell_join = shlex.join  # an argv as one shell command line
 
 
+def typed_client(multipass_bin: str | None) -> str:
+    """The configured client as a user types it in a hint's command: ``typed_client("snap run multipass")``
+    -> ``"snap run multipass"``, ``typed_client(None)`` -> ``"multipass"``."""
+    return shell_join(bin_argv(multipass_bin))
+
+
 def version_argv(multipass_bin: str | None = None) -> list[str]:
     return [*bin_argv(multipass_bin), "version", "--format", "json"]
 
@@ -308,7 +314,7 @@ def cloud_init_failed_modules(parsed: Mapping[str, Any]) -> list[tuple[str, str]
 
 def recreate_hint(name: str, multipass_bin: str | None = None) -> str:
     """How to build one VM again from its cloud-init (which runs only on first boot)."""
-    mp = shell_join(bin_argv(multipass_bin))
+    mp = typed_client(multipass_bin)
     return (
         f"cloud-init runs only on a VM's first boot: recreate {name} with `{mp} delete --purge {name}`, "
         f"then re-run the deploy (it launches {name} again)"
@@ -321,7 +327,7 @@ def cloud_init_error_message(name: str, parsed: Mapping[str, Any], multipass_bin
     Example first line: ``cloud-init failed in node2 (status: error), module scripts_user (the runcmd
     commands): RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands')``
     """
-    mp = shell_join(bin_argv(multipass_bin))
+    mp = typed_client(multipass_bin)
     modules = cloud_init_failed_modules(parsed)
     what = "; ".join(
         f"module {module}" + (f" ({MODULE_RUNS[module]})" if module in MODULE_RUNS else "") + f": {error}"
@@ -442,7 +448,7 @@ def explain_failure(action: str, name: str, failure: MultipassFailure, multipass
     Example: ``explain_failure("start", "node1", classify_error(2, "", "start failed: ..."))`` →
     ``"start node1 failed: start failed: ... Next: run `multipass start node1` to see ... then re-run the deploy"``
     """
-    mp = shell_join(bin_argv(multipass_bin))
+    mp = typed_client(multipass_bin)
     message = failure.message.strip()
     rerun = "then re-run the deploy"
     hints = {
@@ -479,7 +485,7 @@ def state_problem(name: str, state: str, multipass_bin: str | None = None) -> st
     Example: ``state_problem("node2", "Deleted", "multipass.exe")`` -> "instance node2 is deleted but not
     purged: run `multipass.exe recover node2` to keep it, ..."
     """
-    mp = shell_join(bin_argv(multipass_bin))
+    mp = typed_client(multipass_bin)
     if state == DELETED:
         return (
             f"instance {name} is deleted but not purged: run `{mp} recover {name}` to keep it, "

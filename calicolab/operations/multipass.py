@@ -127,7 +127,7 @@ def _launch_all(state, host, specs: list[mp.InstanceSpec], multipass_bin: str, l
             else:
                 host.log(
                     f"launch {name} failed: timed out (state now: {vm_state or 'absent'}). Next: check "
-                    f"`{mp.shell_join(mp.bin_argv(multipass_bin))} info {name}`; on slow links raise "
+                    f"`{mp.typed_client(multipass_bin)} info {name}`; on slow links raise "
                     "timeout_cloud_init (e.g. --data timeout_cloud_init=1800), then re-run the deploy",
                     log_func=logger.error,
                 )
@@ -176,7 +176,7 @@ def _wait_answering(state, host, names: list[str], multipass_bin: str, timeout: 
 
     if poll(f"{', '.join(names)} to answer", timeout, probe, log=host.log, pause=gevent.sleep).done:
         return True
-    client = mp.shell_join(mp.bin_argv(multipass_bin))
+    client = mp.typed_client(multipass_bin)
     for name in waiting:
         host.log(
             f"{name} was started but does not answer `multipass exec` after {timeout}s "
