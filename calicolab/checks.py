@@ -18,6 +18,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
+from calicolab import multipass as mp
 from calicolab.constants import AGENTS, CLIENT, SERVER
 from calicolab.kube.apply import parse_manifest
 from calicolab.kube.pools import ENCAPSULATION_MODES
@@ -224,14 +225,20 @@ def yaobank_url(lab) -> str:
     return f"http://{lab.vms[SERVER].lab_ip}:{lab.yaobank_node_port}/"
 
 
-def on_vm(name: str, command: str) -> str:
-    """A command to paste on the workstation that runs ``command`` in VM ``name`` (as ubuntu)."""
-    return f"multipass exec {name} -- {command}"
+def on_vm(lab, name: str, command: str) -> str:
+    """A command to paste on the workstation that runs ``command`` in VM ``name`` (as ubuntu), with the
+    configured Multipass client: ``on_vm(lab, "node1", "uptime")`` -> ``"multipass exec node1 -- uptime"``."""
+    return f"{mp.typed_client(lab.multipass_bin)} exec {name} -- {command}"
 
 
-def kubectl_hint(args: str) -> str:
+def start_hint(lab, name: str) -> str:
+    """The command that starts VM ``name``, with the configured Multipass client."""
+    return f"{mp.typed_client(lab.multipass_bin)} start {name}"
+
+
+def kubectl_hint(lab, args: str) -> str:
     """A kubectl command to paste on the workstation (runs on host1 with ubuntu's profile)."""
-    return on_vm(CLIENT, f"bash -lc {shlex.quote('kubectl ' + args)}")
+    return on_vm(lab, CLIENT, f"bash -lc {shlex.quote('kubectl ' + args)}")
 
 
 # --- VM rows ------------------------------------------------------------------------------------
@@ -256,7 +263,7 @@ def vm_state_rows(lab, instances: dict[str, dict] | None, error: str = "") -> li
             continue
         state = info.get("state", "Unknown")
         addresses = ", ".join(info.get("ipv4") or []) or "no address"
-        rows.append(Row(order, check, state == "Running", f"{state} ({addresses})", f"multipass start {name}"))
+        rows.append(Row(order, check, state == "Running", f"{state} ({addresses})", start_hint(lab, name)))
     return rows
 
 
@@ -268,7 +275,7 @@ def not_checked_rows(lab, name: str, why: str) -> list[Row]:
         rows.append(k3s_row(lab, name, ""))
     if name == CLIENT:
         rows.append(bird_row(lab, {}))
-    return [replace(row, ok=False, observed=why, hint=f"multipass start {name}") for row in rows]
+    return [replace(row, ok=False, observed=why, hint=start_hint(lab, name)) for row in rows]
 
 
 def _addresses(text: str) -> list[ipaddress.IPv4Interface]:
@@ -288,7 +295,7 @@ def address_row(lab, name: str, text: str) -> Row:
     if missing:
         observed += f" (missing {', '.join(missing)})"
     return Row(_vm_order(lab, name, 1), f"{name}: lab and management addresses", not missing, observed,
-               on_vm(name, "sudo netplan apply"))
+               on_vm(lab, name, "sudo netplan apply"))
 
 
 def names_row(lab, name: str, text: str) -> Row:
@@ -314,20 +321,20 @@ def mss_row(lab, name: str, text: str) -> Row:
     ok = text.strip().endswith("present")
     return Row(_vm_order(lab, name, 3), f"{name}: TCP MSS clamp {lab.tcp_mss}", ok,
                "rule present" if ok else _last_line(text, "no answer"),
-               on_vm(name, f"sudo /usr/local/sbin/calicolab-mss-clamp {lab.tcp_mss}"))
+               on_vm(lab, name, f"sudo /usr/local/sbin/calicolab-mss-clamp {lab.tcp_mss}"))
 
 
 def ftp_row(lab, name: str, text: str) -> Row:
     ok = text.strip().startswith("220")
     return Row(_vm_order(lab, name, 4), f"{name}: vsftpd answers on port 21", ok, text.strip() or "no answer",
-               on_vm(name, "sudo systemctl restart vsftpd"))
+               on_vm(lab, name, "sudo systemctl restart vsftpd"))
 
 
 def k3s_row(lab, name: str, text: str) -> Row:
     unit = k3s_unit(name)
     state = _last_line(text, "unknown")
     return Row(_vm_order(lab, name, 0, K3S), f"{name}: {unit} active", state == "active", state,
-               on_vm(name, f"sudo systemctl restart {unit}"))
+               on_vm(lab, name, f"sudo systemctl restart {unit}"))
 
 
 def bird_row(lab, sections: dict[str, str]) -> Row:
@@ -347,14 +354,14 @@ def bird_row(lab, sections: dict[str, str]) -> Row:
         observed += f" (missing {', '.join(missing)})"
     observed += f"; sessions: {', '.join(sessions) or 'not shown'}"
     return Row((CLIENT_TOOLS, 9, 0), "host1: BIRD running, 3 peers configured", state == "active" and not missing,
-               observed, on_vm(CLIENT, "sudo systemctl restart bird"))
+               observed, on_vm(lab, CLIENT, "sudo systemctl restart bird"))
 
 
 def yaobank_page_row(lab, text: str) -> Row:
     ok = YAOBANK_TEXT in text
     observed = f"answers with {YAOBANK_TEXT!r}" if ok else _last_line(text, "no answer")
     return Row((APP, 9, 0), f"host1: YaoBank page on {yaobank_url(lab)}", ok, observed,
-               kubectl_hint(f"-n {lab.yaobank_namespace} get pods,svc -o wide"))
+               kubectl_hint(lab, f"-n {lab.yaobank_namespace} get pods,svc -o wide"))
 
 
 def vm_rows(lab, name: str, sections: dict[str, str]) -> list[Row]:
@@ -399,10 +406,10 @@ def client_rows(lab, sections: dict[str, str]) -> list[Row]:
         str(lab.calico_pool_cidr) in pool for pool in pools)
     return [
         Row((CLIENT_TOOLS, 0, 0), "host1: kubectl get nodes as ubuntu", kubectl_ok, kubectl_seen,
-            on_vm(CLIENT, "bash -lc 'kubectl get nodes'")),
+            on_vm(lab, CLIENT, "bash -lc 'kubectl get nodes'")),
         Row((CLIENT_TOOLS, 1, 0), "host1: calicoctl get ippools as ubuntu", calicoctl_ok,
             f"calicoctl {calicoctl_version or '?'} (want {lab.calicoctl_version}); pools: {pools_seen}",
-            on_vm(CLIENT, "bash -lc 'calicoctl get ippools'")),
+            on_vm(lab, CLIENT, "bash -lc 'calicoctl get ippools'")),
     ]
 
 
@@ -422,7 +429,8 @@ def node_rows(lab, nodes: list[dict]) -> list[Row]:
         node = by_name.get(name)
         check = f"node {name}: Ready, InternalIP {lab.vms[name].lab_ip}"
         if node is None:
-            rows.append(Row((K3S, 1, index), check, False, "not registered", on_vm(name, f"sudo journalctl -u {k3s_unit(name)} -n 50")))
+            journal = on_vm(lab, name, f"sudo journalctl -u {k3s_unit(name)} -n 50")
+            rows.append(Row((K3S, 1, index), check, False, "not registered", journal))
             continue
         ready = condition(node, "Ready") or {}
         internal = [a.get("address") for a in (node.get("status") or {}).get("addresses") or [] if a.get("type") == "InternalIP"]
@@ -431,11 +439,11 @@ def node_rows(lab, nodes: list[dict]) -> list[Row]:
         if ready.get("status") != "True":
             observed += ": " + ", ".join(x for x in (ready.get("reason"), ready.get("message")) if x)
         observed += f"; InternalIP {', '.join(internal) or 'none'}"
-        rows.append(Row((K3S, 1, index), check, ok, observed, kubectl_hint(f"describe node {name}")))
+        rows.append(Row((K3S, 1, index), check, ok, observed, kubectl_hint(lab, f"describe node {name}")))
     return rows
 
 
-def tigerastatus_row(statuses: list[dict]) -> Row:
+def tigerastatus_row(lab, statuses: list[dict]) -> Row:
     """Every TigeraStatus Available and none Degraded (there must be at least one)."""
     seen, ok = [], bool(statuses)
     for status in sorted(statuses, key=lambda s: (s.get("metadata") or {}).get("name", "")):
@@ -451,7 +459,7 @@ def tigerastatus_row(statuses: list[dict]) -> Row:
         else:
             seen.append(f"{name} Available")
     return Row((CALICO, 0, 0), "TigeraStatus: all Available, none Degraded", ok, "; ".join(seen) or "none exist",
-               kubectl_hint("get tigerastatus -o wide"))
+               kubectl_hint(lab, "get tigerastatus -o wide"))
 
 
 def calico_component_rows(lab, daemonset: dict | None, deployments: dict[str, dict | None]) -> list[Row]:
@@ -461,7 +469,7 @@ def calico_component_rows(lab, daemonset: dict | None, deployments: dict[str, di
     available, desired = status.get("numberAvailable") or 0, status.get("desiredNumberScheduled") or 0
     rows = [Row((CALICO, 1, 0), "calico-node running on every node", daemonset is not None and available >= node_count,
                 f"{available} of {desired} available ({node_count} nodes)" if daemonset else "daemonset not found",
-                kubectl_hint(f"-n {CALICO_NAMESPACE} get pods -o wide"))]
+                kubectl_hint(lab, f"-n {CALICO_NAMESPACE} get pods -o wide"))]
     for index, name in enumerate(sorted(deployments)):
         dep = deployments[name]
         st = (dep or {}).get("status") or {}
@@ -469,7 +477,7 @@ def calico_component_rows(lab, daemonset: dict | None, deployments: dict[str, di
         ready = st.get("availableReplicas") or 0
         rows.append(Row((CALICO, 2, index), f"{name} available", dep is not None and ready >= max(want, 1),
                         f"{ready}/{want} available" if dep else "deployment not found",
-                        kubectl_hint(f"-n {CALICO_NAMESPACE} describe deployment {name}")))
+                        kubectl_hint(lab, f"-n {CALICO_NAMESPACE} describe deployment {name}")))
     return rows
 
 
@@ -485,7 +493,7 @@ def pool_encapsulation(spec: dict) -> str:
 def ippool_row(lab, pools: list[dict], error: str = "") -> Row:
     """The pool of the settings' CIDR exists with the settings' block size, natOutgoing, encapsulation."""
     check = f"IPPool {lab.calico_pool_cidr} matches the settings"
-    hint = kubectl_hint("get ippools.crd.projectcalico.org -o yaml")
+    hint = kubectl_hint(lab, "get ippools.crd.projectcalico.org -o yaml")
     if error:
         return Row((CALICO, 3, 0), check, False, f"cannot read IPPools: {error}", hint)
     specs = [p.get("spec") or {} for p in pools]
@@ -529,7 +537,7 @@ def yaobank_rows(lab, deployments: dict[str, dict | None], expected: dict[str, i
         rollout = rollout_status(dep)
         ok = rollout.done and spec_replicas == want and available >= want
         observed = f"{available}/{spec_replicas} available; {rollout.message}"
-        hint = (kubectl_hint(f"-n {lab.yaobank_namespace} scale deployment {name} --replicas={want}")
-                if spec_replicas != want else kubectl_hint(f"-n {lab.yaobank_namespace} describe deployment {name}"))
+        action = f"scale deployment {name} --replicas={want}" if spec_replicas != want else f"describe deployment {name}"
+        hint = kubectl_hint(lab, f"-n {lab.yaobank_namespace} {action}")
         rows.append(Row((APP, 0, index), check, ok, observed, hint))
     return rows

@@ -46,6 +46,17 @@ def test_address_row_names_the_missing_lab_address(lab):
     assert ok.ok
 
 
+def test_the_cards_hints_use_the_configured_multipass_client(tmp_path):
+    # WSL runs the Windows client (multipass_bin=multipass.exe): a hint must paste as printed
+    lab = load_lab(dict(load_defaults(), state_dir=str(tmp_path / "state"), multipass_bin="/snap/bin/multipass"))
+    assert checks.address_row(lab, "node2", "").hint == "/snap/bin/multipass exec node2 -- sudo netplan apply"
+    assert checks.tigerastatus_row(lab, []).hint.startswith("/snap/bin/multipass exec host1 -- bash -lc ")
+    stopped = checks.vm_state_rows(lab, {name: {"state": "Stopped", "ipv4": []} for name in lab.vms})
+    assert {row.hint for row in stopped if not row.ok} == {f"/snap/bin/multipass start {name}" for name in lab.vms}
+    assert {row.hint for row in checks.not_checked_rows(lab, "host1", "not checked")} == {
+        "/snap/bin/multipass start host1"}
+
+
 def test_names_row_reads_getent_accepting_extra_loopback_answers_but_not_a_wrong_address(lab, tmp_path):
     # The section's own command with the real getent (glibc), given a hosts file in a mount namespace of
     # its own; name service from files only, so nothing is asked of a DNS server.
@@ -111,11 +122,11 @@ def ts(name, available="True", degraded="False", message=""):
 
 
 def test_tigerastatus_row_fails_on_any_degraded_or_unavailable_or_none(lab):
-    assert checks.tigerastatus_row([ts("calico"), ts("apiserver")]).ok
-    row = checks.tigerastatus_row([ts("calico"), ts("ippools", "True", "True", "Unable to modify IP pools")])
+    assert checks.tigerastatus_row(lab, [ts("calico"), ts("apiserver")]).ok
+    row = checks.tigerastatus_row(lab, [ts("calico"), ts("ippools", "True", "True", "Unable to modify IP pools")])
     assert not row.ok and "ippools Degraded: Unable to modify IP pools" in row.observed
-    assert not checks.tigerastatus_row([ts("calico", "False")]).ok
-    assert not checks.tigerastatus_row([]).ok
+    assert not checks.tigerastatus_row(lab, [ts("calico", "False")]).ok
+    assert not checks.tigerastatus_row(lab, []).ok
 
 
 def test_ippool_row_compares_every_pool_setting(lab):

@@ -141,7 +141,7 @@ def cluster_rows(lab, api) -> list[checks.Row]:
     """Every row read from the Kubernetes API (nodes, Calico, the pool, YaoBank)."""
     namespace = checks.CALICO_NAMESPACE
     rows = checks.node_rows(lab, api.list("v1", "Node"))
-    rows.append(checks.tigerastatus_row(api.list("operator.tigera.io/v1", "TigeraStatus")))
+    rows.append(checks.tigerastatus_row(lab, api.list("operator.tigera.io/v1", "TigeraStatus")))
     rows += checks.calico_component_rows(
         lab,
         api.get("apps/v1", "DaemonSet", "calico-node", namespace),
@@ -155,7 +155,7 @@ def cluster_rows(lab, api) -> list[checks.Row]:
 
 
 def _api_down_rows(lab, why: str) -> list[checks.Row]:
-    hint = checks.on_vm(SERVER, "sudo systemctl status k3s")
+    hint = checks.on_vm(lab, SERVER, "sudo systemctl status k3s")
     return [checks.Row((checks.K3S, 1, 0), "Kubernetes API answers", False, why, hint)]
 
 

@@ -121,7 +121,7 @@ def _why(lab, exc: Exception) -> str:
 def kubectl_hint(lab) -> str:
     """How a user runs kubectl against the lab from the workstation, for next-step commands
     (works wherever Multipass does, with no kubeconfig): ``multipass exec control -- sudo k3s kubectl``."""
-    return f"{lab.multipass_bin} exec {SERVER} -- sudo k3s kubectl"
+    return f"{mp.typed_client(lab.multipass_bin)} exec {SERVER} -- sudo k3s kubectl"
 
 
 def _error(the_host, step: str, cause: Any) -> bool:
