@@ -537,7 +537,8 @@ def yaobank_rows(lab, deployments: dict[str, dict | None], expected: dict[str, i
         rollout = rollout_status(dep)
         ok = rollout.done and spec_replicas == want and available >= want
         observed = f"{available}/{spec_replicas} available; {rollout.message}"
-        action = f"scale deployment {name} --replicas={want}" if spec_replicas != want else f"describe deployment {name}"
+        action = (f"scale deployment {name} --replicas={want}" if spec_replicas != want
+                  else f"describe deployment {name}")
         hint = kubectl_hint(lab, f"-n {lab.yaobank_namespace} {action}")
         rows.append(Row((APP, 0, index), check, ok, observed, hint))
     return rows

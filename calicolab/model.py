@@ -537,8 +537,10 @@ def _common_network(check: _Checker, key: str, addresses: dict, prefix: int | No
 
 
 def _check_networks(check: _Checker, settings: dict[str, Any], parsed: dict[str, dict[str, Any]]):
-    lab_network = _common_network(check, "lab_ips", _addresses(parsed, "lab_ips"), settings.get("lab_prefix"), "198.19.0.0/20")
-    mgmt_network = _common_network(check, "mgmt_ips", _addresses(parsed, "mgmt_ips"), settings.get("mgmt_prefix"), "10.255.255.0/24")
+    lab_network = _common_network(check, "lab_ips", _addresses(parsed, "lab_ips"), settings.get("lab_prefix"),
+                                  "198.19.0.0/20")
+    mgmt_network = _common_network(check, "mgmt_ips", _addresses(parsed, "mgmt_ips"), settings.get("mgmt_prefix"),
+                                   "10.255.255.0/24")
 
     cluster = settings.get("cluster_cidr")
     service = settings.get("service_cidr")

@@ -51,10 +51,10 @@ _SIZE_AND_TIME = "%s %T@"
 def stamp_command(path: str) -> str:
     """Shell that records ``path``'s sha256, size and modification time in its stamp (run as root
     right after installing it); a stamp that cannot be written is removed, never left stale."""
-    stamp = shlex.quote(stamp_path(path))
-    return (f"{{ mkdir -p {shlex.quote(STAMPS_DIR)} && s=$(sha256sum {shlex.quote(path)}) && "
-            f"printf '%s %s\\n' \"${{s%% *}}\" \"$(find -L {shlex.quote(path)} -maxdepth 0 -printf '{_SIZE_AND_TIME}')\" "
-            f"> {stamp} || rm -f {stamp}; }}")
+    stamp, p = shlex.quote(stamp_path(path)), shlex.quote(path)
+    size_and_time = f"find -L {p} -maxdepth 0 -printf '{_SIZE_AND_TIME}'"
+    return (f"{{ mkdir -p {shlex.quote(STAMPS_DIR)} && s=$(sha256sum {p}) && "
+            f"printf '%s %s\\n' \"${{s%% *}}\" \"$({size_and_time})\" > {stamp} || rm -f {stamp}; }}")
 
 
 def _sha256(data: bytes | str) -> str:
@@ -170,8 +170,8 @@ class VmState(FactBase):
             for path in files:
                 # the stamp's digest while its size and time are the file's (the find line above),
                 # else the file is hashed (below, one sha256sum for all)
-                p = shlex.quote(path)
-                parts.append(f"sum=; size=; mtime=; {{ read -r sum size mtime < {shlex.quote(stamp_path(path))}; }} 2>/dev/null; "
+                p, stamp = shlex.quote(path), shlex.quote(stamp_path(path))
+                parts.append(f"sum=; size=; mtime=; {{ read -r sum size mtime < {stamp}; }} 2>/dev/null; "
                              f"case \"$stats\n\" in *\" $size $mtime \"{p}\"\n\"*) echo \"$sum  \"{p};; "
                              f"*) [ -f {p} ] && set -- \"$@\" {p};; esac")
             parts.append("[ $# -eq 0 ] || sha256sum -- \"$@\" 2>/dev/null")

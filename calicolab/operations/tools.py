@@ -48,8 +48,9 @@ def downloads_started(files: list[Download]):
 
     + files: the :class:`calicolab.downloads.Download` items
 
-    Into :meth:`DownloadCache.default`, the cache the deploy installs from. Returns at once. :func:`downloads_installed` later waits for a download still under way, and
-    downloads (and reports) again one that failed here.
+    The files go into :meth:`DownloadCache.default`, the cache the deploy installs from. Returns at
+    once: :func:`downloads_installed` later waits for a download still under way, and downloads (and
+    reports) again one that failed here.
 
     **Example:**
 
