@@ -22,7 +22,7 @@ from calicolab import multipass as mp
 from calicolab.constants import AGENTS, CLIENT, SERVER
 from calicolab.kube.apply import parse_manifest
 from calicolab.kube.pools import ENCAPSULATION_MODES
-from calicolab.kube.waits import condition, rollout_status
+from calicolab.kube.waits import by_name, condition, rollout_status
 
 LAB_NAMES = ("control", "node1", "node2", "host1")
 FTP_VMS = (SERVER, *AGENTS)
@@ -423,10 +423,10 @@ def _last_line(text: str | None, empty: str = "no output") -> str:
 
 def node_rows(lab, nodes: list[dict]) -> list[Row]:
     """Each cluster VM is a node, Ready, with its lab address as InternalIP."""
-    by_name = {(n.get("metadata") or {}).get("name"): n for n in nodes}
+    found = by_name(nodes)
     rows = []
     for index, name in enumerate((SERVER, *AGENTS)):
-        node = by_name.get(name)
+        node = found.get(name)
         check = f"node {name}: Ready, InternalIP {lab.vms[name].lab_ip}"
         if node is None:
             journal = on_vm(lab, name, f"sudo journalctl -u {k3s_unit(name)} -n 50")
